@@ -1,0 +1,3 @@
+from dnd.cli import app
+
+app()

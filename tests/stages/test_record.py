@@ -1,0 +1,166 @@
+"""Stage 1 (record): summaries against hand computation, top-K, caching, resuming, unreadable images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dnd.artifacts import TopImages
+from dnd.backends.targets import TargetNetwork
+from dnd.errors import DnDError
+from dnd.pipeline import Pipeline
+from dnd.stages.record import load_activations
+from tests.helpers import ChannelMixer, backends_for, make_config, to_tensor, write_images
+
+
+def hand_summaries(folder: Path, summary: str) -> np.ndarray:
+    """Per image: (red, green − blue) maps of ChannelMixer.conv, reduced by hand → ``[n_images, 2]``."""
+    rows = []
+    for path in sorted(folder.glob("*.png")):
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
+        maps = [pixels[..., 0], pixels[..., 1] - pixels[..., 2]]
+        rows.append([m.mean() if summary == "mean" else m.max() for m in maps])
+    return np.array(rows)
+
+
+def record(pipeline: Pipeline, layer: str = "conv") -> tuple[TopImages, Path]:
+    stage_dir = pipeline.run_until("record", [layer])[layer]
+    return pipeline.store.load(layer, "record", pipeline.key("record", layer), TopImages), stage_dir
+
+
+@pytest.mark.parametrize("summary", ["mean", "max"])
+def test_summaries_match_hand_computation_and_topk(tmp_path, image_folder, mixer, summary):
+    config = make_config(tmp_path, image_folder, f"record.summary={summary}", "record.top_k=3")
+    top, stage_dir = record(Pipeline(config, backends_for(config, mixer)))
+
+    activations, probe_indices = load_activations(stage_dir)
+    expected = hand_summaries(image_folder, summary)
+    np.testing.assert_allclose(activations.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert probe_indices.tolist() == list(range(12))
+    assert (top.n_images, top.n_neurons, top.output_shape) == (12, 2, [2, 8, 8])
+
+    values, rows = torch.topk(torch.from_numpy(expected), 3, dim=0)
+    for neuron in top.neurons:
+        assert neuron.rows == rows[:, neuron.neuron].tolist()
+        assert neuron.image_ids == [f"img{r:03d}.png" for r in neuron.rows]
+        np.testing.assert_allclose(neuron.activations, values[:, neuron.neuron].numpy(), rtol=1e-5)
+
+
+def test_linear_and_token_layers(tmp_path, image_folder):
+    class Tokens(torch.nn.Module):
+        """Emits ``[B, 3 tokens, 2 features]``: token t = (t + mean pixel, −t)."""
+
+        def forward(self, x):
+            base = x.mean(dim=(1, 2, 3))[:, None]
+            tokens = torch.arange(3.0)[None, :]
+            return torch.stack([tokens + base, -tokens.expand_as(tokens + base)], dim=-1)
+
+    net = TargetNetwork("tokens", torch.nn.Sequential(Tokens()), to_tensor)
+    means = np.array([np.asarray(Image.open(p), dtype=np.float64).mean() / 255 for p in sorted(image_folder.iterdir())])
+    for tokens, expected in [("cls", np.stack([means, 0 * means], 1)), ("mean", np.stack([means + 1, -np.ones(12)], 1))]:
+        config = make_config(tmp_path, image_folder, f"record.tokens={tokens}")
+        _, stage_dir = record(Pipeline(config, backends_for(config, net)), layer="0")
+        np.testing.assert_allclose(load_activations(stage_dir)[0].numpy(), expected, atol=1e-5)
+
+    config = make_config(tmp_path, image_folder)
+    top, _ = record(Pipeline(config, backends_for(config, TargetNetwork("mixer", ChannelMixer(), to_tensor))), "head")
+    assert (top.n_neurons, top.output_shape) == (3, [3])
+
+
+def test_second_run_does_no_forward_pass(tmp_path, image_folder, mixer):
+    config = make_config(tmp_path, image_folder)
+    record(Pipeline(config, backends_for(config, mixer)))
+    assert mixer.module.forward_calls == 3  # 12 images in batches of 4
+
+    record(Pipeline(config, backends_for(config, mixer)))
+    assert mixer.module.forward_calls == 3
+
+
+def test_several_layers_share_one_pass(tmp_path, image_folder, mixer):
+    config = make_config(tmp_path, image_folder)
+    folders = Pipeline(config, backends_for(config, mixer)).run_until("record", ["conv", "head"])
+    assert mixer.module.forward_calls == 3
+    assert all((folder / "artifact.json").is_file() for folder in folders.values())
+
+
+def test_key_follows_results_not_execution_details(tmp_path, image_folder, mixer):
+    def key(*overrides: str) -> str:
+        config = make_config(tmp_path, image_folder, *overrides)
+        return Pipeline(config, backends_for(config, mixer)).key("record", "conv")
+
+    base = key()
+    assert key("probe.batch_size=7") == base
+    assert key("probe.num_workers=2") == base
+    assert key("device=cpu") == base
+    assert key("record.shard_size=5") == base
+    assert key("record.summary=max") != base
+    assert key("record.top_k=3") != base
+    assert key("probe.limit=5") != base
+    write_images(image_folder / "more", 1, seed=1)  # the probing set itself changes
+    assert key() != base
+
+
+def test_changed_weights_change_the_key(tmp_path, image_folder):
+    config = make_config(tmp_path, image_folder)
+    first = TargetNetwork("same-name", ChannelMixer(), to_tensor)
+    second = TargetNetwork("same-name", ChannelMixer(), to_tensor)
+    assert Pipeline(config, backends_for(config, first)).key("record", "conv") == Pipeline(
+        config, backends_for(config, second)
+    ).key("record", "conv")
+    with torch.no_grad():
+        second.module.conv.weight.mul_(2)
+    second = TargetNetwork("same-name", second.module, to_tensor)
+    assert Pipeline(config, backends_for(config, first)).key("record", "conv") != Pipeline(
+        config, backends_for(config, second)
+    ).key("record", "conv")
+
+
+def test_killed_run_resumes_at_the_first_missing_shard(tmp_path, image_folder):
+    config = make_config(tmp_path, image_folder, "record.shard_size=4", "probe.batch_size=2")
+    dying = TargetNetwork("mixer", ChannelMixer(), to_tensor)
+    dying.module.fail_at_call = 5  # shards [0,4) and [4,8) are done (2 batches each), the third is not
+    with pytest.raises(KeyboardInterrupt):
+        record(Pipeline(config, backends_for(config, dying)))
+    pipeline = Pipeline(config, backends_for(config, dying))
+    assert pipeline.status("conv")[0][1] == "missing"
+
+    survivor = TargetNetwork("mixer", ChannelMixer(), to_tensor)
+    top, stage_dir = record(Pipeline(config, backends_for(config, survivor)))
+    assert survivor.module.forward_calls == 2  # only the last shard's two batches
+    np.testing.assert_allclose(load_activations(stage_dir)[0].numpy(), hand_summaries(image_folder, "mean"), atol=1e-6)
+    assert not any(p.name.endswith(".partial") for p in stage_dir.parent.iterdir())
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, image_folder, mixer):
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = Image.new("RGB", (8, 8), (10, 20, 30))
+    good.save(image_folder / "truncated.jpg", quality=95)
+    data = (image_folder / "truncated.jpg").read_bytes()
+    (image_folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    config = make_config(tmp_path, image_folder)
+
+    top, stage_dir = record(Pipeline(config, backends_for(config, mixer)))
+
+    assert sorted(s.image_id for s in top.skipped) == ["broken.jpg", "truncated.jpg"]
+    assert top.n_images == 12
+    assert "broken.jpg" not in top.image_ids
+    np.testing.assert_allclose(load_activations(stage_dir)[0].numpy(), hand_summaries(image_folder, "mean"), atol=1e-6)
+
+
+def test_a_probe_with_no_readable_image_is_a_clear_error(tmp_path, mixer):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"junk")
+    config = make_config(tmp_path, folder)
+    with pytest.raises(DnDError, match="no readable image"):
+        record(Pipeline(config, backends_for(config, mixer)))
+
+
+def test_unknown_layer_lists_near_paths(tmp_path, image_folder, mixer):
+    config = make_config(tmp_path, image_folder)
+    with pytest.raises(DnDError, match=r"layer 'cnv' not found in channel-mixer\. Closest module paths: conv"):
+        record(Pipeline(config, backends_for(config, mixer)), layer="cnv")
