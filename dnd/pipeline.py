@@ -19,11 +19,22 @@ from typing import Any
 from pydantic import BaseModel
 
 from dnd import __version__
+from dnd.artifacts import PerNeuronArtifact, TopImages
 from dnd.backends import Backends
 from dnd.config import RunConfig, key_fields
 from dnd.data import ProbeSet, open_probe
 from dnd.errors import DnDError
-from dnd.store import MANIFEST_FILE, StageStore, Status, atomic_write_text, canonical_json, content_key
+from dnd.store import (
+    ARTIFACT_FILE,
+    MANIFEST_FILE,
+    ItemCache,
+    StageStore,
+    Status,
+    atomic_write_text,
+    canonical_json,
+    content_key,
+    write_model,
+)
 
 #: Every stage of the method, in order; those without a module yet are reported as not available.
 METHOD_STAGES = ("record", "crop", "caption", "summarize", "synthesize", "score")
@@ -41,6 +52,7 @@ class StageSpec:
     artifact: type[BaseModel]
     prompts: tuple[str, ...] = ()
     extra_inputs: Callable[[StageContext], dict[str, Any]] | None = None
+    per_neuron: bool = False  # its artifact is a PerNeuronArtifact, extended neuron by neuron
 
 
 @dataclass
@@ -51,7 +63,8 @@ class StageJob:
     key: str
     key_inputs: dict[str, Any]
     upstream: dict[str, Path] = field(default_factory=dict)
-    neurons: list[int] | None = None
+    neurons: list[int] | None = None  # per-neuron stages: the neurons still to compute
+    existing: PerNeuronArtifact | None = None  # per-neuron stages: what an earlier run already stored
 
 
 class StageContext:
@@ -72,6 +85,23 @@ class StageContext:
         if not path.is_file():
             raise DnDError(f"prompt file {path} is missing (prompts are read from {self.prompts_dir})")
         return path.read_text()
+
+    def cache(self, namespace: str) -> ItemCache:
+        """Per-item results (captions per image, LLM answers per request, ...) shared by all runs."""
+        return ItemCache(self.config.output_dir / "cache", namespace)
+
+    def write_per_neuron(
+        self, job: StageJob, artifact: PerNeuronArtifact, seconds: float, counts: dict[str, int]
+    ) -> None:
+        """Store ``artifact`` merged with the job's existing entries (the new entries win), then its manifest."""
+        if job.existing is not None:
+            fresh = artifact.done()
+            kept = [entry for entry in job.existing.neurons if entry.neuron not in fresh]
+            artifact.neurons = sorted([*kept, *artifact.neurons], key=lambda entry: entry.neuron)
+        stage = job.key_inputs["stage"]
+        with self.store.writing(job.layer, stage, job.key) as out:
+            write_model(out / ARTIFACT_FILE, artifact)
+            self.write_manifest(out, job, seconds, counts)
 
     def write_manifest(self, out_dir: Path, job: StageJob, seconds: float, counts: dict[str, int]) -> None:
         """Record how a stage output was made: its key inputs, versions, time and backend-call counts."""
@@ -157,14 +187,36 @@ class Pipeline:
             jobs = []
             for layer in layers:
                 key = self.key(name, layer)
-                if name in force_stages:
+                forced = name in force_stages
+                if forced:
                     self.store.discard_partial(layer, name, key)
-                if name in force_stages or not self.store.is_complete(layer, name, key):
-                    upstream = {n: self.store.stage_dir(layer, n, self.key(n, layer)) for n in spec.needs}
-                    jobs.append(StageJob(layer, key, self.key_inputs(name, layer), upstream, neurons))
+                complete = self.store.is_complete(layer, name, key) and not forced
+                upstream = {n: self.store.stage_dir(layer, n, self.key(n, layer)) for n in spec.needs}
+                job = StageJob(layer, key, self.key_inputs(name, layer), upstream)
+                if spec.per_neuron:
+                    job.neurons = self._requested_neurons(layer, neurons)
+                    if complete:
+                        job.existing = self.store.load(layer, name, key, spec.artifact)
+                        job.neurons = [n for n in job.neurons if n not in job.existing.done()]
+                    if job.neurons:
+                        jobs.append(job)
+                elif not complete:
+                    jobs.append(job)
             if jobs:
                 spec.run(self.context, jobs)
         return {layer: self.store.stage_dir(layer, stage, self.key(stage, layer)) for layer in layers}
+
+    def _requested_neurons(self, layer: str, neurons: list[int] | None) -> list[int]:
+        """``neurons`` checked against the layer's size (known once it is recorded); None means all of them."""
+        count = self.store.load(layer, "record", self.key("record", layer), TopImages).n_neurons
+        if neurons is None:
+            return list(range(count))
+        out_of_range = [n for n in neurons if n >= count]
+        if out_of_range:
+            raise DnDError(
+                f"--neurons: {out_of_range[:5]} out of range, layer {layer} has {count} neurons (0-{count - 1})"
+            )
+        return neurons
 
     def _spec(self, stage: str) -> StageSpec:
         if stage in self.stages:

@@ -117,3 +117,24 @@ class StageStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.discard_partial(layer, stage, key)
+
+
+class ItemCache:
+    """Small per-item results (JSON), each under its own content key: ``<root>/<namespace>/<key[:2]>/<key>.json``.
+
+    Items survive a killed run and are shared by every stage and run under the same output folder, so the same
+    image is captioned once and the same LLM request is answered once.
+    """
+
+    def __init__(self, root: Path, namespace: str):
+        self.folder = Path(root) / namespace
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Any | None:
+        path = self.path(key)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put(self, key: str, value: Any) -> None:
+        atomic_write_text(self.path(key), canonical_json(value))

@@ -1,28 +1,39 @@
 """Heavy models behind small interfaces, loaded lazily and once per run.
 
 :class:`Backends` is the only place that chooses and loads implementations; tests hand it fakes or tiny real
-models instead (``Backends(config, target=my_network)``).
+models instead (``Backends(config, target=my_network, captioner=fake)``).
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
+    from dnd.backends.captioners import Captioner
+    from dnd.backends.llms import ConceptLLM
     from dnd.backends.targets import TargetNetwork
     from dnd.config import RunConfig
 
 
 class Backends:
-    """The models a run needs, each loaded on first use and then reused by every stage."""
+    """The models a run needs, each built on first use and then reused by every stage of the run."""
 
-    def __init__(self, config: RunConfig, *, target: TargetNetwork | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        target: TargetNetwork | None = None,
+        captioner: Captioner | None = None,
+        concept_llm: ConceptLLM | None = None,
+    ):
         self.config = config
-        self._given_target = target
+        self._given: dict[str, Any] = {"target": target, "captioner": captioner, "concept_llm": concept_llm}
 
     @cached_property
-    def device(self):  # noqa: ANN201 - torch.device, imported lazily
+    def device(self) -> torch.device:
         from dnd.backends.targets import resolve_device
 
         return resolve_device(self.config.device)
@@ -31,13 +42,25 @@ class Backends:
     def target(self) -> TargetNetwork:
         from dnd.backends.targets import load_target
 
-        network = self._given_target or load_target(self.config.target)
+        network = self._given["target"] or load_target(self.config.target)
         return network.to(self.device)
 
-    def target_identity(self) -> dict:
+    @cached_property
+    def captioner(self) -> Captioner:
+        from dnd.backends.captioners import build_captioner
+
+        return self._given["captioner"] or build_captioner(self.config.caption, self.device)
+
+    @cached_property
+    def concept_llm(self) -> ConceptLLM:
+        from dnd.backends.llms import build_concept_llm
+
+        return self._given["concept_llm"] or build_concept_llm(self.config.summarize, self.device)
+
+    def target_identity(self) -> dict[str, Any]:
         """What cache keys know about the target network, without loading a built-in one."""
         from dnd.config import key_fields
 
-        if self._given_target is not None:
-            return self._given_target.identity
+        if self._given["target"] is not None:
+            return self._given["target"].identity
         return key_fields(self.config.target)
