@@ -38,11 +38,16 @@ class TargetNetwork:
     module: nn.Module
     preprocess: Preprocess
     identity: dict[str, Any] = field(default_factory=dict)
+    #: The geometric part of ``preprocess`` (resize, crop): the image as the network sees it, still a PIL image.
+    view: Callable[[Image.Image], Image.Image] = field(init=False, repr=False)
+    #: The rest of ``preprocess``: ``tensorize(view(image)) == preprocess(image)``.
+    tensorize: Preprocess = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.module.eval()
         if not self.identity:
             self.identity = {"name": self.name, "parameters": parameter_hash(self.module)}
+        self.view, self.tensorize = split_preprocess(self.preprocess)
 
     @property
     def device(self) -> torch.device:
@@ -122,6 +127,44 @@ class TargetNetwork:
             for handle in handles:
                 handle.remove()
         return [(path, type(module).__name__, shapes.get(path, "not run")) for path, module in modules]
+
+
+_GEOMETRIC = ("Resize", "CenterCrop")
+
+
+def split_preprocess(preprocess: Preprocess) -> tuple[Callable[[Image.Image], Image.Image], Preprocess]:
+    """Split preprocessing into ``(view, tensorize)``: geometry on PIL images, then tensor conversion.
+
+    Understands torchvision ``Compose`` pipelines (leading Resize / CenterCrop steps are the view) and the
+    ``ImageClassification`` presets of torchvision weights; anything else is all tensorize, with an identity view.
+    """
+    from torchvision import transforms
+    from torchvision.transforms._presets import ImageClassification
+
+    if isinstance(preprocess, ImageClassification):
+        view = transforms.Compose(
+            [
+                transforms.Resize(preprocess.resize_size, preprocess.interpolation, antialias=preprocess.antialias),
+                transforms.CenterCrop(preprocess.crop_size),
+            ]
+        )
+        tensorize = transforms.Compose(
+            [
+                transforms.PILToTensor(),
+                transforms.ConvertImageDtype(torch.float),
+                transforms.Normalize(preprocess.mean, preprocess.std),
+            ]
+        )
+        return view, tensorize
+    if isinstance(preprocess, transforms.Compose):
+        steps = list(preprocess.transforms)
+        split = next((i for i, step in enumerate(steps) if type(step).__name__ not in _GEOMETRIC), len(steps))
+        return transforms.Compose(steps[:split]), transforms.Compose(steps[split:])
+    return _identity, preprocess
+
+
+def _identity(image: Image.Image) -> Image.Image:
+    return image
 
 
 def summarize(output: torch.Tensor, summary: str, tokens: str) -> torch.Tensor:
