@@ -246,8 +246,6 @@ def _efficientnet_lite0(config: TargetConfig) -> tuple[nn.Module, Preprocess]:
 
 
 def _cifar_resnet(config: TargetConfig) -> tuple[nn.Module, Preprocess]:
-    from dnd.models.cifar_resnet import cifar_preprocess, cifar_resnet
-
     depth = config.name.removeprefix("cifar_resnet")
     if not depth.isdigit():
         raise DnDError(f"target.name {config.name!r}: expected cifar_resnet<depth>, e.g. cifar_resnet20")
@@ -256,6 +254,8 @@ def _cifar_resnet(config: TargetConfig) -> tuple[nn.Module, Preprocess]:
             f"{config.name} has no downloadable default weights: set target.weights to a checkpoint "
             f"(e.g. ../shared/models/resnet20-12fca82f.th)"
         )
+    from dnd.models.cifar_resnet import cifar_preprocess, cifar_resnet
+
     return cifar_resnet(int(depth), config.weights), cifar_preprocess()
 
 

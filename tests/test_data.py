@@ -1,0 +1,61 @@
+"""Probing sets: folders, ImageNet-style classes, limits, fingerprints, missing and empty folders."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from dnd.config import ProbeConfig
+from dnd.data import UnreadableImage, open_probe, open_rgb
+from dnd.errors import DnDError
+from tests.helpers import write_images
+
+
+def test_folder_probe_is_recursive_sorted_and_labelled_by_class_folder(tmp_path):
+    write_images(tmp_path / "cat", 2)
+    write_images(tmp_path / "airplane", 1)
+    (tmp_path / "notes.txt").write_text("not an image")
+    probe = open_probe(ProbeConfig(path=tmp_path))
+    assert probe.ids == ["airplane/img000.png", "cat/img000.png", "cat/img001.png"]
+    assert probe.class_names == ["airplane", "cat"]
+    assert probe.labels == [0, 1, 1]
+    assert probe.load(1).mode == "RGB"
+
+
+def test_imagenet_val_classes_from_flat_wnid_names(tmp_path):
+    for name in ["n02_b.JPEG", "n01_a.JPEG", "n01_c.JPEG"]:
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="JPEG")
+    probe = open_probe(ProbeConfig(kind="imagenet_val", path=tmp_path))
+    assert probe.class_names == ["n01", "n02"]
+    assert probe.labels == [0, 0, 1]
+
+
+def test_limit_and_fingerprint(tmp_path):
+    write_images(tmp_path, 5)
+    full = open_probe(ProbeConfig(path=tmp_path))
+    first = open_probe(ProbeConfig(path=tmp_path, limit=3))
+    assert first.ids == full.ids[:3]
+    assert first.fingerprint != full.fingerprint
+    write_images(tmp_path / "extra", 1)
+    assert open_probe(ProbeConfig(path=tmp_path)).fingerprint != full.fingerprint
+
+
+def test_missing_empty_and_unset_folders_are_clear_errors(tmp_path):
+    with pytest.raises(DnDError, match="does not exist"):
+        open_probe(ProbeConfig(path=tmp_path / "nope"))
+    with pytest.raises(DnDError, match=r"holds no images \(looked recursively for .*\.jpg"):
+        open_probe(ProbeConfig(path=tmp_path))
+    with pytest.raises(DnDError, match="probe.path is required"):
+        open_probe(ProbeConfig())
+
+
+def test_unreadable_image_raises_our_error(tmp_path):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(b"\xff\xd8garbage")
+    with pytest.raises(UnreadableImage):
+        open_rgb(path)
+
+
+def test_cifar_download_offline_is_a_clear_error(tmp_path, no_network):
+    with pytest.raises(DnDError, match=r"could not download cifar10 .* use a folder probe"):
+        open_probe(ProbeConfig(kind="cifar10", path=tmp_path))
