@@ -43,7 +43,8 @@ def test_torchvision_network_from_a_local_checkpoint(tmp_path):
 
 
 def test_unknown_layer_lists_close_module_paths():
-    network = TargetNetwork("tiny", nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()), nn.Flatten()), to_tensor)
+    module = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()), nn.Flatten())
+    network = TargetNetwork("tiny", module, to_tensor)
     with pytest.raises(DnDError) as error:
         network.layer("0.O")
     near = str(error.value).split("Closest module paths: ")[1].split(". ")[0].split(", ")

@@ -61,7 +61,8 @@ def test_linear_and_token_layers(tmp_path, image_folder):
 
     net = TargetNetwork("tokens", torch.nn.Sequential(Tokens()), to_tensor)
     means = np.array([np.asarray(Image.open(p), dtype=np.float64).mean() / 255 for p in sorted(image_folder.iterdir())])
-    for tokens, expected in [("cls", np.stack([means, 0 * means], 1)), ("mean", np.stack([means + 1, -np.ones(12)], 1))]:
+    cases = [("cls", np.stack([means, 0 * means], 1)), ("mean", np.stack([means + 1, -np.ones(12)], 1))]
+    for tokens, expected in cases:
         config = make_config(tmp_path, image_folder, f"record.tokens={tokens}")
         _, stage_dir = record(Pipeline(config, backends_for(config, net)), layer="0")
         np.testing.assert_allclose(load_activations(stage_dir)[0].numpy(), expected, atol=1e-5)
