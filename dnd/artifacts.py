@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class SkippedImage(BaseModel):
@@ -59,11 +59,17 @@ class PerNeuronArtifact(BaseModel):
     neurons: list[NeuronResult]
 
     def done(self) -> set[int]:
+        """Neurons with an entry, failed or not. ``--force`` retries failures cheaply: successful items are cached."""
         return {entry.neuron for entry in self.neurons}
 
 
 class CropBox(BaseModel):
-    """A box in the original image's pixel coordinates; ``x1``/``y1`` exclusive."""
+    """A box in the pixel coordinates of the network's view of an image; ``x1``/``y1`` exclusive.
+
+    The view is ``target.view(image)`` (resize and center crop: the pixels the network sees), not the original file.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     x0: int
     y0: int

@@ -162,16 +162,19 @@ def _first(probe: ProbeSet, n: int) -> ProbeSet:
 
 
 class PreprocessedImages(torch.utils.data.Dataset):
-    """``probe`` images run through ``preprocess``; item ``i`` is ``(i, tensor [3, H, W] or None, error or None)``."""
+    """``probe`` images run through ``preprocess`` (to a tensor ``[3, H, W]``, or any value such as a PIL view).
 
-    def __init__(self, probe: ProbeSet, preprocess: Callable[[Image.Image], torch.Tensor]):
+    Item ``i`` is ``(i, preprocessed image or None, error or None)``: unreadable images come back as errors.
+    """
+
+    def __init__(self, probe: ProbeSet, preprocess: Callable[[Image.Image], Any]):
         self.probe = probe
         self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.probe)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, Any | None, str | None]:
         try:
             return index, self.preprocess(self.probe.load(index)), None
         except UnreadableImage as exc:

@@ -1,0 +1,265 @@
+"""Stage 2 — crop: attention crops of each neuron's top images, ranked with the originals into exemplars.
+
+For a layer with spatial maps ``[C, H, W]``, each distinct top image of the requested neurons is run through the
+network once, however many neurons share it; each neuron's map of it gives at most ``crop.max_crops_per_image``
+boxes (:func:`attention_boxes`); every crop, resized back to the network's input size, is run through the network
+in batches that mix all neurons and summarised like stage 1; originals and crops are ranked by the neuron's
+activation and the best ``crop.exemplars`` kept. Layers without spatial maps (linear outputs, transformer tokens)
+keep their top images. Boxes are in the pixel coordinates of the network's view of an image (``target.view``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dnd.artifacts import CropBox, ExemplarImage, Exemplars, NeuronExemplars, NeuronTopImages, TopImages
+from dnd.backends.targets import summarize
+from dnd.data import PreprocessedImages
+from dnd.pipeline import StageContext, StageJob, StageSpec
+from dnd.progress import track
+from dnd.store import ARTIFACT_FILE, read_model
+
+if TYPE_CHECKING:
+    from dnd.backends.targets import TargetNetwork
+    from dnd.config import RecordConfig
+    from dnd.data import ProbeSet
+
+#: Backend-call counts in the manifest.
+COUNTS = ("images_loaded", "unreadable_images", "crops", "forward_batches")
+#: How a crop is resized back to the view size (smooth upsampling of a small region for network and captioner).
+CROP_RESAMPLE = Image.Resampling.BICUBIC
+
+
+def iou(a: CropBox, b: CropBox) -> float:
+    """Intersection over union of two boxes (0.0 when both are empty)."""
+    intersection = max(min(a.x1, b.x1) - max(a.x0, b.x0), 0) * max(min(a.y1, b.y1) - max(a.y0, b.y0), 0)
+    union = _area(a) + _area(b) - intersection
+    return intersection / union if union else 0.0
+
+
+def _area(box: CropBox) -> int:
+    return (box.x1 - box.x0) * (box.y1 - box.y0)
+
+
+def attention_boxes(
+    activation_map: np.ndarray,
+    image_size: tuple[int, int],
+    max_crops: int,
+    max_iou_between: float,
+    max_iou_with_image: float,
+) -> list[CropBox]:
+    """Boxes around the high regions of ``activation_map [h, w]`` over an image of ``image_size`` = (W, H).
+
+    The map is upsampled (bilinear) to the image, min–max scaled to 0–255 and binarised with Otsu's threshold; the
+    bounding rectangle of each external contour is a candidate. Candidates are taken largest first and accepted
+    while fewer than ``max_crops`` are kept, if their IoU with every kept box is ≤ ``max_iou_between`` and their IoU
+    with the whole image is < ``max_iou_with_image``. A constant (or non-finite) map has no high region: no box.
+    Returns the kept boxes, largest first; they bound pixels of the mask, so they always lie inside the image.
+    """
+    import cv2
+
+    width, height = image_size
+    activations = np.asarray(activation_map, dtype=np.float32)
+    upsampled = cv2.resize(activations, (width, height), interpolation=cv2.INTER_LINEAR)
+    span = float(upsampled.max() - upsampled.min())
+    if not math.isfinite(span) or span <= 0:
+        return []
+    scaled = cv2.normalize(upsampled, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
+    _, mask = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    rectangles = (cv2.boundingRect(contour) for contour in contours)
+    candidates = sorted(
+        (CropBox(x0=x, y0=y, x1=x + w, y1=y + h) for x, y, w, h in rectangles),
+        key=lambda box: (-_area(box), box.y0, box.x0),  # position breaks ties, so the order is deterministic
+    )
+    whole = CropBox(x0=0, y0=0, x1=width, y1=height)
+    kept: list[CropBox] = []
+    for box in candidates:
+        if len(kept) == max_crops:
+            break
+        if iou(box, whole) < max_iou_with_image and all(iou(box, other) <= max_iou_between for other in kept):
+            kept.append(box)
+    return kept
+
+
+def render_exemplar(probe: ProbeSet, target: TargetNetwork, exemplar: ExemplarImage) -> Image.Image:
+    """The pixels of ``exemplar``: the network's view of its probe image, cropped and resized back if it has a box."""
+    view = target.view(probe.load(exemplar.probe_index))
+    return view if exemplar.box is None else _crop(view, exemplar.box)
+
+
+def _crop(view: Image.Image, box: CropBox) -> Image.Image:
+    return view.crop((box.x0, box.y0, box.x1, box.y1)).resize(view.size, CROP_RESAMPLE)
+
+
+def run(ctx: StageContext, jobs: list[StageJob]) -> None:
+    """Choose the exemplars of ``job.neurons`` for every layer of ``jobs`` and add them to the layer's artifact."""
+    for job in jobs:
+        started = time.perf_counter()
+        # 1. The requested neurons' top images, from stage 1.
+        top = read_model(job.upstream["record"] / ARTIFACT_FILE, TopImages)
+        by_neuron = {entry.neuron: entry for entry in top.neurons}
+        entries = [by_neuron[neuron] for neuron in sorted(job.neurons or [])]
+        # 2. Crop where the layer has spatial maps; elsewhere the top images are the exemplars.
+        cropped = ctx.config.crop.enabled and len(top.output_shape) == 3
+        if cropped:
+            neurons, counts = _crop_and_rank(ctx, job.layer, top, entries)
+        else:
+            neurons = [_uncropped(top, entry, ctx.config.crop.exemplars) for entry in entries]
+            counts = dict.fromkeys(COUNTS, 0)
+        # 3. Store them beside the neurons of earlier runs.
+        artifact = Exemplars(layer=job.layer, cropped=cropped, neurons=neurons)
+        ctx.write_per_neuron(job, artifact, time.perf_counter() - started, counts)
+
+
+def _originals(top: TopImages, entry: NeuronTopImages) -> list[ExemplarImage]:
+    """A neuron's top images as uncropped exemplars with their recorded activations, best first."""
+    return [
+        ExemplarImage(image_id=image_id, probe_index=top.probe_indices[row], activation=activation)
+        for row, image_id, activation in zip(entry.rows, entry.image_ids, entry.activations, strict=True)
+    ]
+
+
+def _uncropped(top: TopImages, entry: NeuronTopImages, exemplars: int) -> NeuronExemplars:
+    originals = _originals(top, entry)
+    return NeuronExemplars(neuron=entry.neuron, exemplars=originals[:exemplars], candidates=len(originals))
+
+
+def _crop_and_rank(
+    ctx: StageContext, layer: str, top: TopImages, entries: list[NeuronTopImages]
+) -> tuple[list[NeuronExemplars], dict[str, int]]:
+    """Exemplars of ``entries`` chosen among their top images and attention crops, plus backend-call counts.
+
+    Memory stays bounded by the batch size: at most one batch of views and their layer output and one batch of crop
+    tensors are held at a time (crops run as soon as a batch of them is full), never a whole layer's maps.
+    """
+    config, target = ctx.config, ctx.backends.target
+    settings = config.crop
+    autocast = config.record.autocast and target.device.type == "cuda"
+    counts = dict.fromkeys(COUNTS, 0)
+    # 1. Candidates start as the originals: they keep their recorded activation, because stage 1 ran the same
+    #    network on the same view + tensorize of the same image (tests/stages/test_crop.py re-runs one to check).
+    candidates = {entry.neuron: _originals(top, entry) for entry in entries}
+    users: dict[int, list[tuple[int, ExemplarImage]]] = defaultdict(list)  # probe index -> (neuron, original)
+    for neuron, originals in candidates.items():
+        for original in originals:
+            users[original.probe_index].append((neuron, original))
+    # 2. One batched pass over the unique top images (an image shared by neurons runs once); of each image's
+    #    output only the maps of the neurons that have it among their top images are read.
+    indices = sorted(users)
+    batches = [indices[i : i + settings.batch_size] for i in range(0, len(indices), settings.batch_size)]
+    views = torch.utils.data.DataLoader(
+        PreprocessedImages(ctx.probe, target.view),
+        batch_sampler=batches,
+        num_workers=config.probe.num_workers,
+        collate_fn=list,
+    )
+    crops = _CropBatches(target, layer, config.record, settings.batch_size, autocast)
+    unreadable: dict[int, str] = {}
+    for items in track(views, f"crop {layer}", total=len(batches)):
+        unreadable.update({index: error for index, view, error in items if view is None})
+        readable = [(index, view) for index, view, _ in items if view is not None]
+        if not readable:
+            continue
+        maps = _forward(target, layer, torch.stack([target.tensorize(view) for _, view in readable]), autocast)
+        counts["images_loaded"] += len(readable)
+        counts["forward_batches"] += 1
+        for row, (index, view) in enumerate(readable):
+            for neuron, original in users[index]:
+                # 3. Boxes from the neuron's map, in the coordinates of the view; their crops join a batched pass
+                #    shared by all neurons.
+                boxes = attention_boxes(
+                    maps[row, neuron].float().cpu().numpy(),
+                    view.size,
+                    settings.max_crops_per_image,
+                    settings.max_iou_between_crops,
+                    settings.max_iou_with_image,
+                )
+                for box in boxes:
+                    crops.add(neuron, original.model_copy(update={"box": box}), target.tensorize(_crop(view, box)))
+    crops.flush()
+    for neuron, crop in crops.done:
+        candidates[neuron].append(crop)
+    counts.update(crops=len(crops.done), unreadable_images=len(unreadable))
+    counts["forward_batches"] += crops.forward_batches
+    # 4. Rank originals and crops together; the best crop.exemplars are the neuron's exemplars.
+    results = []
+    for neuron, ranked in candidates.items():
+        lost = [f"{c.image_id} ({unreadable[c.probe_index]})" for c in ranked if c.probe_index in unreadable]
+        if lost:
+            reason = (
+                f"top image(s) unreadable since stage 1 read them: {', '.join(lost)}; restore them and run "
+                f"`dnd run crop --force`, or re-record the probing set with `dnd run record --force`"
+            )
+            results.append(NeuronExemplars(neuron=neuron, failed=reason))
+            continue
+        ranked.sort(key=lambda candidate: candidate.activation, reverse=True)  # stable: originals win ties
+        results.append(NeuronExemplars(neuron=neuron, exemplars=ranked[: settings.exemplars], candidates=len(ranked)))
+    return results, counts
+
+
+class _CropBatches:
+    """Crops of any neurons, run through the network ``batch_size`` at a time and summarised like stage 1.
+
+    ``done`` collects ``(neuron, crop)`` with the crop's activation for its own neuron.
+    """
+
+    def __init__(self, target: TargetNetwork, layer: str, record: RecordConfig, batch_size: int, autocast: bool):
+        self.target, self.layer, self.record = target, layer, record
+        self.batch_size, self.autocast = batch_size, autocast
+        self.pending: list[tuple[int, ExemplarImage, torch.Tensor]] = []
+        self.done: list[tuple[int, ExemplarImage]] = []
+        self.forward_batches = 0
+
+    def add(self, neuron: int, crop: ExemplarImage, pixels: torch.Tensor) -> None:
+        """Queue ``crop`` (its activation still that of its original) with its input ``pixels [3, H, W]``."""
+        self.pending.append((neuron, crop, pixels))
+        if len(self.pending) == self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        pixels = torch.stack([crop_pixels for *_, crop_pixels in self.pending])
+        summaries = _forward(self.target, self.layer, pixels, self.autocast, self._summarize).cpu()  # [B, C]
+        self.forward_batches += 1
+        for row, (neuron, crop, _) in enumerate(self.pending):
+            self.done.append((neuron, crop.model_copy(update={"activation": float(summaries[row, neuron])})))
+        self.pending.clear()
+
+    def _summarize(self, _layer: str, output: torch.Tensor) -> torch.Tensor:
+        return summarize(output, self.record.summary, self.record.tokens)
+
+
+def _forward(
+    target: TargetNetwork,
+    layer: str,
+    pixels: torch.Tensor,
+    autocast: bool,
+    reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``layer``'s output for ``pixels [B, 3, H, W]`` (reduced in the hook when ``reduce`` is given).
+
+    Autocast follows ``record.autocast`` so that crops are computed like the originals they are ranked against.
+    """
+    with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+        return target.capture(pixels.to(target.device), [layer], reduce)[layer]
+
+
+SPEC = StageSpec(
+    name="crop",
+    version=1,
+    needs=("record",),
+    config_sections=("crop",),
+    run=run,
+    artifact=Exemplars,
+    per_neuron=True,
+)
