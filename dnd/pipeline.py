@@ -119,9 +119,9 @@ class StageContext:
 
 def available_stages() -> list[StageSpec]:
     """The stages implemented so far, in method order."""
-    from dnd.stages import record
+    from dnd.stages import caption, crop, record, summarize
 
-    return [record.SPEC]
+    return [record.SPEC, crop.SPEC, caption.SPEC, summarize.SPEC]
 
 
 class Pipeline:

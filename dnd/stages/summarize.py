@@ -1,0 +1,437 @@
+"""Stage 4 — summarize: an LLM turns each neuron's exemplar captions into candidate concepts.
+
+Per layer, every caption text is first shortened to a concept label once (shared captions are asked once), then
+each neuron is asked ``summarize.n_summaries`` times for one label summarising its (shortened) captions, in a
+differently shuffled order each time. All requests of a round go to the backend in one ``chat`` call so it can run
+them concurrently; an unusable answer is re-asked in the next round with the reason, up to
+``summarize.max_attempts`` asks in all.
+
+Every reply is kept in the ``llm`` item cache under the request's content key, so a re-run, a resumed run or another
+run sharing the output folder asks the LLM only for what is missing, and loads it only then. Errors are not cached:
+they are asked again next time. Token usage in the artifact counts each distinct reply the concepts rest on once
+(cached or not): a neuron's usage covers its summaries and the shortenings of its captions, the layer's usage every
+distinct reply of the run, so shortenings shared by several neurons appear in each of those neurons but once in the
+total. The manifest's counts say what this run did: ``llm_requests`` sent to the LLM and the ``prompt_tokens`` /
+``completion_tokens`` they cost, replies read from the cache (``cache_hits``), re-asks after an unusable answer
+(``reasks``, sent or cached) and ``failed_neurons``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from dnd.artifacts import Captions, Concepts, NeuronConcepts, TokenUsage
+from dnd.backends.llms import ChatReply, ChatRequest
+from dnd.backends.openai_client import server_label
+from dnd.config import SummarizeConfig
+from dnd.errors import DnDError
+from dnd.pipeline import StageContext, StageJob, StageSpec
+from dnd.store import ARTIFACT_FILE, content_key, read_model
+
+SIMPLIFY_PROMPT = "simplify_caption.md"
+SUMMARY_PROMPT = "summarize_concepts.md"
+
+Messages = tuple[tuple[str, str], ...]
+
+# --- prompt files ---------------------------------------------------------------------------------------------------
+
+_SECTION = re.compile(r"^## (system|user|assistant|retry)[ \t]*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A prompt file: the chat turns of a request (system, worked examples, the question) and the re-ask turn.
+
+    The file is sections opened by ``## system`` / ``## user`` / ``## assistant`` / ``## retry`` lines; text before
+    the first section is a note for readers and is never sent. Turns are ``str.format`` templates whose only
+    placeholders are ``{<subject>}`` (what is asked about), ``{max_words}`` and, in the retry turn, ``{reason}``.
+    """
+
+    name: str
+    turns: Messages
+    retry: str
+
+    @classmethod
+    def parse(cls, name: str, text: str, subject: str) -> ChatTemplate:
+        """Read prompt file ``name`` (its ``text``); raise :class:`DnDError` naming the problem when malformed."""
+        parts = _SECTION.split(text)
+        sections = [(role, body.strip()) for role, body in zip(parts[1::2], parts[2::2], strict=True)]
+        turns = tuple((role, body) for role, body in sections if role != "retry")
+        retries = [body for role, body in sections if role == "retry"]
+        roles = [role for role, _ in turns]
+        conversation = roles[1:] if roles[:1] == ["system"] else roles
+        alternates = all(role == ("user" if i % 2 == 0 else "assistant") for i, role in enumerate(conversation))
+        fix = f"fix prompts/{name} (the note at its top describes the format)"
+        if not conversation or not alternates or len(conversation) % 2 == 0 or len(retries) != 1:
+            raise DnDError(
+                f"prompt {name}: expected an optional '## system' section, then '## user' and '## assistant' turns "
+                f"alternating and ending with a '## user' turn, and one '## retry' section; {fix}"
+            )
+        if any(not body for _, body in sections):
+            raise DnDError(f"prompt {name}: a section is empty; {fix}")
+        for role, body in turns:
+            _check_placeholders(name, role, body, {subject, "max_words"}, fix)
+        _check_placeholders(name, "retry", retries[0], {"reason", "max_words"}, fix)
+        if f"{{{subject}}}" not in turns[-1][1]:
+            raise DnDError(f"prompt {name}: the last '## user' turn must contain the placeholder {{{subject}}}; {fix}")
+        if "{reason}" not in retries[0]:
+            raise DnDError(f"prompt {name}: the '## retry' section must contain the placeholder {{reason}}; {fix}")
+        return cls(name, turns, retries[0])
+
+    def messages(self, **values: object) -> Messages:
+        """The request's ``(role, content)`` turns with the placeholders filled."""
+        return tuple((role, body.format(**values)) for role, body in self.turns)
+
+    def reask(self, **values: object) -> str:
+        """The user turn that asks again after an unusable answer (``values`` include ``reason``)."""
+        return self.retry.format(**values)
+
+
+def _check_placeholders(name: str, role: str, body: str, allowed: set[str], fix: str) -> None:
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(body) if field is not None}
+    except ValueError as exc:
+        raise DnDError(
+            f"prompt {name}, '## {role}' section: {exc} (write a literal brace as {{{{ or }}}}); {fix}"
+        ) from None
+    unknown = sorted(fields - allowed)
+    if unknown:
+        raise DnDError(
+            f"prompt {name}, '## {role}' section: unknown placeholder(s) {', '.join(unknown)}; "
+            f"allowed there: {', '.join(sorted(allowed))}; {fix}"
+        )
+
+
+# --- answers ----------------------------------------------------------------------------------------------------
+
+_QUOTES = "\"'`*“”‘’«»"
+# A leading "Label:", "Concept label:", "Answer:" ... that models like to prepend (up to three words and a colon).
+_PREFIX = re.compile(r"^(?:[a-z][\w-]*[ \t]*){1,3}:\s*", re.IGNORECASE)
+
+
+def normalise_label(text: str) -> str:
+    """``text``'s first non-empty line, stripped of quotes, a ``Label:``-style prefix and a trailing period, lower-case,
+    single-spaced."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    previous = None
+    while line != previous:  # the strips can uncover each other, e.g. '**Label:** "dog faces."'
+        previous = line
+        line = _PREFIX.sub("", line.strip().strip(_QUOTES).strip().rstrip("."))
+    return " ".join(line.lower().split())
+
+
+class ConceptAnswer(BaseModel):
+    """An LLM answer as a concept label.
+
+    Validate with ``context={"max_words": int, "copies": set[str]}``: ``copies`` are normalised descriptions the label
+    may not merely repeat.
+    """
+
+    label: str
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _normalise(cls, value: object) -> str:
+        return normalise_label(str(value))
+
+    @field_validator("label")
+    @classmethod
+    def _check(cls, label: str, info: ValidationInfo) -> str:
+        max_words, copies = info.context["max_words"], info.context["copies"]
+        words = len(label.split())
+        if not words:
+            raise PydanticCustomError("empty", "it is empty")
+        if "," in label:
+            raise PydanticCustomError("comma", "it contains a comma, so it names several concepts instead of one")
+        if words > max_words:
+            raise PydanticCustomError(
+                "too_long", "it has {words} words, more than {max_words}", {"words": words, "max_words": max_words}
+            )
+        if label in copies:
+            raise PydanticCustomError("copy", "it repeats a single description instead of summing up what they share")
+        return label
+
+
+def parse_answer(text: str, max_words: int, copies: frozenset[str] = frozenset()) -> tuple[str | None, str | None]:
+    """``(label, None)`` when ``text`` is a usable concept label, else ``(None, reason)``."""
+    try:
+        answer = ConceptAnswer.model_validate({"label": text}, context={"max_words": max_words, "copies": copies})
+    except ValidationError as exc:
+        return None, exc.errors()[0]["msg"]
+    return answer.label, None
+
+
+# --- asking the LLM -------------------------------------------------------------------------------------------------
+
+
+def llm_identity(config: SummarizeConfig) -> str:
+    """The name the configured concept LLM goes by (``local:<model>``, ``openai:<model>[@<server>]``), from the config.
+
+    Cache keys use this rather than the backend's ``name`` attribute so that looking a reply up never loads the model.
+    """
+    if config.backend == "openai":
+        return f"openai:{server_label(config.openai)}"
+    return f"local:{config.local_model}"
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One answer wanted: the request's messages as first asked, its sample index and what it may not repeat."""
+
+    messages: Messages
+    sample: int = 0
+    copies: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Outcome:
+    """How an ask ended: a valid ``label``, a still-invalid answer (``rejected``) or a transport ``error``."""
+
+    label: str | None = None
+    rejected: str | None = None
+    error: str | None = None
+    keys: list[str] = field(default_factory=list)  # cache keys of every reply the ask consumed
+
+
+class _Asker:
+    """Answers asks round by round: the ``llm`` cache first, one ``chat`` call for the rest, re-asking bad answers."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.config = ctx.config.summarize
+        self.identity = llm_identity(self.config)
+        self.cache = ctx.cache("llm")
+        self.usage: dict[str, TokenUsage] = {}  # cache key → usage of that reply
+        self.counts: Counter[str] = Counter()
+
+    def resolve(self, asks: list[_Ask], template: ChatTemplate) -> list[_Outcome]:
+        """One outcome per ask; ``template`` words the re-ask turns."""
+        outcomes = [_Outcome() for _ in asks]
+        conversations = [ask.messages for ask in asks]
+        pending = list(range(len(asks)))
+        for attempt in range(1, self.config.max_attempts + 1):
+            if not pending:
+                break
+            requests = [
+                ChatRequest(conversations[i], self.config.temperature, self.config.max_new_tokens, asks[i].sample)
+                for i in pending
+            ]
+            if attempt > 1:
+                self.counts["reasks"] += len(requests)
+            still_pending = []
+            for i, (key, reply) in zip(pending, self._answer(requests), strict=True):
+                outcome = outcomes[i]
+                outcome.keys.append(key)
+                if reply.error is not None or reply.text is None:
+                    outcome.error = reply.error or "the LLM returned no text"
+                    continue
+                outcome.label, reason = parse_answer(reply.text, self.config.max_words, asks[i].copies)
+                if outcome.label is not None:
+                    continue
+                if attempt == self.config.max_attempts:
+                    outcome.rejected = f"{reply.text.strip()!r}: {reason}"
+                    continue
+                retry = template.reask(reason=reason, max_words=self.config.max_words)
+                conversations[i] = (*conversations[i], ("assistant", reply.text), ("user", retry))
+                still_pending.append(i)
+            pending = still_pending
+        return outcomes
+
+    def _answer(self, requests: list[ChatRequest]) -> list[tuple[str, ChatReply]]:
+        """``(cache key, reply)`` per request: cached replies, the missing ones from ONE ``chat`` call."""
+        keys = [self._key(request) for request in requests]
+        replies: dict[str, ChatReply] = {}
+        missing: dict[str, ChatRequest] = {}
+        for key, request in zip(keys, requests, strict=True):
+            if key in replies or key in missing:
+                continue
+            cached = self.cache.get(key)
+            if cached is None:
+                missing[key] = request
+            else:
+                replies[key] = ChatReply(**cached)
+                self.counts["cache_hits"] += 1
+        if missing:
+            llm = self.ctx.backends.concept_llm  # built only now: a fully cached run never loads the model
+            fresh = llm.chat(list(missing.values()))
+            if len(fresh) != len(missing):
+                raise RuntimeError(f"concept LLM {llm.name} returned {len(fresh)} replies for {len(missing)} requests")
+            for key, reply in zip(missing, fresh, strict=True):
+                self.counts["llm_requests"] += 1
+                self.counts["prompt_tokens"] += reply.prompt_tokens
+                self.counts["completion_tokens"] += reply.completion_tokens
+                if reply.error is None and reply.text is not None:  # failures are asked again on the next run
+                    usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
+                    self.cache.put(key, {"text": reply.text, **usage})
+                replies[key] = reply
+        for key, reply in replies.items():
+            self.usage[key] = TokenUsage(
+                prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens, requests=1
+            )
+        return [(key, replies[key]) for key in keys]
+
+    def _key(self, request: ChatRequest) -> str:
+        return content_key(
+            {
+                "llm": self.identity,
+                "messages": [list(turn) for turn in request.messages],
+                "temperature": request.temperature,
+                "max_tokens": request.max_tokens,
+                "sample": request.sample,
+            }
+        )
+
+    def total_usage(self, keys: list[str]) -> TokenUsage:
+        """Usage of the distinct replies among ``keys``."""
+        return sum((self.usage[key] for key in dict.fromkeys(keys)), TokenUsage())
+
+
+# --- the stage ------------------------------------------------------------------------------------------------------
+
+
+def run(ctx: StageContext, jobs: list[StageJob]) -> None:
+    """Summarise the captions of each job's neurons into candidate concepts and write each layer's artifact."""
+    simplify = ChatTemplate.parse(SIMPLIFY_PROMPT, ctx.prompt_text(SIMPLIFY_PROMPT), subject="caption")
+    summary = ChatTemplate.parse(SUMMARY_PROMPT, ctx.prompt_text(SUMMARY_PROMPT), subject="captions")
+    for job in jobs:
+        _summarize_layer(ctx, job, simplify, summary)
+
+
+def _summarize_layer(ctx: StageContext, job: StageJob, simplify: ChatTemplate, summary: ChatTemplate) -> None:
+    """Read the job's captions, ask for its neurons' concepts and write its :class:`Concepts` artifact."""
+    started = time.perf_counter()
+    config = ctx.config.summarize
+    asker = _Asker(ctx)
+    results: dict[int, NeuronConcepts] = {}
+    # 1. Each neuron's captions; neurons whose captioning failed are carried over as failed.
+    upstream = {entry.neuron: entry for entry in read_model(job.upstream["caption"] / ARTIFACT_FILE, Captions).neurons}
+    captions: dict[int, list[str]] = {}
+    for neuron in job.neurons or []:
+        entry = upstream.get(neuron)
+        if entry is None or entry.failed or not entry.captions:
+            reason = f"captioning failed: {entry.failed}" if entry and entry.failed else "no captions for this neuron"
+            results[neuron] = NeuronConcepts(neuron=neuron, failed=reason)
+        else:
+            captions[neuron] = [caption.text for caption in entry.captions]
+    # 2. Shorten every distinct caption once; a caption that could not be shortened is used as it is.
+    shortened: dict[str, _Outcome] = {}
+    if config.simplify_captions:
+        distinct = list(dict.fromkeys(text for texts in captions.values() for text in texts))
+        asks = [_Ask(simplify.messages(caption=text, max_words=config.max_words)) for text in distinct]
+        shortened = dict(zip(distinct, asker.resolve(asks, simplify), strict=True))
+    descriptions = {
+        neuron: [(shortened[text].label or text) if config.simplify_captions else text for text in texts]
+        for neuron, texts in captions.items()
+    }
+    # 3. N summary asks per neuron, the descriptions shuffled with a seed of their own for each sample.
+    asks, owners = [], []
+    for neuron, items in descriptions.items():
+        copies = _lone_descriptions(captions[neuron], items)
+        for sample in range(config.n_summaries):
+            listing = _numbered(_shuffled(items, ctx.config.seed, job.layer, neuron, sample))
+            asks.append(_Ask(summary.messages(captions=listing, max_words=config.max_words), sample, copies))
+            owners.append(neuron)
+    # 4-6. All summaries of the layer asked together, round by round (cache first, re-asks with the reason).
+    outcomes: dict[int, list[_Outcome]] = {neuron: [] for neuron in captions}
+    for neuron, outcome in zip(owners, asker.resolve(asks, summary), strict=True):
+        outcomes[neuron].append(outcome)
+    # 7. Per neuron: distinct labels in order, background variants, usage; no valid label at all = failed.
+    for neuron, texts in captions.items():
+        own_shortenings = [shortened[text] for text in dict.fromkeys(texts)] if config.simplify_captions else []
+        simplified = descriptions[neuron] if config.simplify_captions else []
+        results[neuron] = _neuron_concepts(neuron, simplified, own_shortenings, outcomes[neuron], asker, config)
+    # 8. Write the layer's artifact (merged with earlier neurons) and what this run asked.
+    artifact = Concepts(
+        layer=job.layer,
+        llm=asker.identity,
+        neurons=[results[neuron] for neuron in sorted(results)],
+        usage=asker.total_usage(list(asker.usage)) + (job.existing.usage if job.existing is not None else TokenUsage()),
+    )
+    counts = {
+        name: asker.counts[name]
+        for name in ("llm_requests", "cache_hits", "reasks", "prompt_tokens", "completion_tokens")
+    }
+    counts["failed_neurons"] = sum(entry.failed is not None for entry in results.values())
+    ctx.write_per_neuron(job, artifact, time.perf_counter() - started, counts)
+
+
+def _neuron_concepts(
+    neuron: int,
+    simplified: list[str],
+    shortenings: list[_Outcome],
+    summaries: list[_Outcome],
+    asker: _Asker,
+    config: SummarizeConfig,
+) -> NeuronConcepts:
+    """One neuron's entry from the outcomes of its caption shortenings and its summary asks."""
+    concepts: list[str] = []
+    for label in dict.fromkeys(outcome.label for outcome in summaries if outcome.label):
+        concepts.append(label)
+        if label.split()[-1] in config.background_suffixes:
+            concepts.append(f"{label} background")
+    rejected = [f"shortening: {outcome.rejected}" for outcome in shortenings if outcome.rejected]
+    rejected += [f"summary: {outcome.rejected}" for outcome in summaries if outcome.rejected]
+    keys = [key for outcome in [*shortenings, *summaries] for key in outcome.keys]
+    return NeuronConcepts(
+        neuron=neuron,
+        failed=None if concepts else _failure_reason(summaries),
+        simplified_captions=simplified,
+        concepts=list(dict.fromkeys(concepts)),
+        rejected=rejected,
+        usage=asker.total_usage(keys),
+    )
+
+
+def _failure_reason(summaries: list[_Outcome]) -> str:
+    errors = [outcome.error for outcome in summaries if outcome.error]
+    if len(errors) == len(summaries):
+        return f"every LLM request failed: {errors[0]}"
+    return f"no valid concept in {len(summaries)} summaries ({len(errors)} failed requests, the rest rejected)"
+
+
+def _lone_descriptions(captions: list[str], descriptions: list[str]) -> frozenset[str]:
+    """Normalised texts (a caption or the description made of it) that only one exemplar has.
+
+    Repeating one of them describes a single image, not what the exemplars share; repeating a description several
+    exemplars share is allowed (it may well be their common concept).
+    """
+    per_exemplar = [{normalise_label(text) for text in texts} for texts in zip(captions, descriptions, strict=True)]
+    counts = Counter(text for texts in per_exemplar for text in texts)
+    return frozenset(text for text, count in counts.items() if count == 1)
+
+
+def _shuffled(items: list[str], seed: int, layer: str, neuron: int, sample: int) -> list[str]:
+    """``items`` in an order that depends only on the seed, the layer, the neuron and the sample index."""
+    rng = random.Random(int(content_key({"seed": seed, "layer": layer, "neuron": neuron, "sample": sample}), 16))
+    order = list(items)
+    rng.shuffle(order)
+    return order
+
+
+def _numbered(items: list[str]) -> str:
+    return "\n".join(f"{i}. {text}" for i, text in enumerate(items, start=1))
+
+
+def _extra_inputs(ctx: StageContext) -> dict[str, object]:
+    return {"seed": ctx.config.seed}  # the shuffles depend on it
+
+
+SPEC = StageSpec(
+    name="summarize",
+    version=1,
+    needs=("caption",),
+    config_sections=("summarize",),
+    run=run,
+    artifact=Concepts,
+    prompts=(SIMPLIFY_PROMPT, SUMMARY_PROMPT),
+    extra_inputs=_extra_inputs,
+    per_neuron=True,
+)
