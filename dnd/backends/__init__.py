@@ -57,6 +57,20 @@ class Backends:
 
         return self._given["concept_llm"] or build_concept_llm(self.config.summarize, self.device)
 
+    def captioner_name(self) -> str:
+        """The captioner's name for cache keys, without loading a built-in one."""
+        from dnd.backends.captioners import captioner_name
+
+        given = self._given["captioner"]
+        return given.name if given is not None else captioner_name(self.config.caption)
+
+    def concept_llm_name(self) -> str:
+        """The concept LLM's name for cache keys, without loading a built-in one."""
+        from dnd.backends.llms import concept_llm_name
+
+        given = self._given["concept_llm"]
+        return given.name if given is not None else concept_llm_name(self.config.summarize)
+
     def target_identity(self) -> dict[str, Any]:
         """What cache keys know about the target network, without loading a built-in one."""
         from dnd.config import key_fields

@@ -50,6 +50,15 @@ class ConceptLLM(Protocol):
         ...
 
 
+def concept_llm_name(config: SummarizeConfig) -> str:
+    """The ``name`` of the concept LLM ``config`` selects, computed without loading it (for cache look-ups)."""
+    if config.backend == "openai":
+        from dnd.backends.openai_client import server_label
+
+        return f"openai:{server_label(config.openai)}"
+    return f"local:{config.local_model}"
+
+
 def build_concept_llm(config: SummarizeConfig, device: torch.device) -> ConceptLLM:
     """The concept LLM ``config.backend`` names, loaded and ready (an in-process model goes to ``device``)."""
     if config.backend == "openai":

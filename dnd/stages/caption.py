@@ -15,7 +15,6 @@ import time
 from PIL import Image
 
 from dnd.artifacts import Caption, Captions, ExemplarImage, Exemplars, NeuronCaptions, NeuronExemplars
-from dnd.backends.captioners import captioner_name
 from dnd.data import UnreadableImage
 from dnd.pipeline import StageContext, StageJob, StageSpec
 from dnd.progress import track
@@ -33,7 +32,7 @@ def pixel_hash(image: Image.Image) -> str:
 
 def run(ctx: StageContext, jobs: list[StageJob]) -> None:
     """Caption the exemplars of ``job.neurons`` for every layer of ``jobs`` and add them to the layer's artifact."""
-    name = captioner_name(ctx.config.caption)
+    name = ctx.backends.captioner_name()
     cache = ctx.cache(CACHE_NAMESPACE)
     for job in jobs:
         started = time.perf_counter()

@@ -30,7 +30,6 @@ from pydantic_core import PydanticCustomError
 
 from dnd.artifacts import Captions, Concepts, NeuronConcepts, TokenUsage
 from dnd.backends.llms import ChatReply, ChatRequest
-from dnd.backends.openai_client import server_label
 from dnd.config import SummarizeConfig
 from dnd.errors import DnDError
 from dnd.pipeline import StageContext, StageJob, StageSpec
@@ -172,16 +171,6 @@ def parse_answer(text: str, max_words: int, copies: frozenset[str] = frozenset()
 # --- asking the LLM -------------------------------------------------------------------------------------------------
 
 
-def llm_identity(config: SummarizeConfig) -> str:
-    """The name the configured concept LLM goes by (``local:<model>``, ``openai:<model>[@<server>]``), from the config.
-
-    Cache keys use this rather than the backend's ``name`` attribute so that looking a reply up never loads the model.
-    """
-    if config.backend == "openai":
-        return f"openai:{server_label(config.openai)}"
-    return f"local:{config.local_model}"
-
-
 @dataclass(frozen=True)
 class _Ask:
     """One answer wanted: the request's messages as first asked, its sample index and what it may not repeat."""
@@ -207,7 +196,7 @@ class _Asker:
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self.config = ctx.config.summarize
-        self.identity = llm_identity(self.config)
+        self.identity = ctx.backends.concept_llm_name()
         self.cache = ctx.cache("llm")
         self.usage: dict[str, TokenUsage] = {}  # cache key → usage of that reply
         self.counts: Counter[str] = Counter()

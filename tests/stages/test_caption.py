@@ -13,7 +13,6 @@ from PIL import Image
 from dnd.artifacts import Captions, Exemplars, TopImages
 from dnd.backends import Backends
 from dnd.backends import captioners as captioners_module
-from dnd.backends.captioners import captioner_name
 from dnd.pipeline import Pipeline
 from dnd.stages.caption import pixel_hash
 from dnd.stages.crop import render_exemplar
@@ -74,7 +73,7 @@ def test_an_image_shared_by_neurons_or_files_is_captioned_once(tmp_path, image_f
     # Both neurons have all 13 images as exemplars: 26 exemplars, 12 distinct pixel contents, batches of 5, 5, 2.
     assert counts == {"unique_images": 12, "captioned": 12, "cache_hits": 0, "captioner_calls": 3}
     assert (fake.calls, fake.images) == (3, 12)
-    assert captions.captioner == captioner_name(config.caption)
+    assert captions.captioner == fake.name  # an injected captioner keys the cache by its own name
     exemplars = load_stage(pipeline, "crop", Exemplars)
     for entry, expected in zip(captions.neurons, exemplars.neurons, strict=True):
         assert entry.failed is None and len(entry.captions) == 13
@@ -121,6 +120,7 @@ def test_crops_are_captioned_as_the_pixels_stage_2_ranked(tmp_path, image_folder
 def test_a_cached_run_never_builds_the_captioner(tmp_path, image_folder, mixer, monkeypatch):
     config = make_config(tmp_path, image_folder, "record.top_k=3", "crop.enabled=false")
     fake = CountingCaptioner()
+    fake.name = captioners_module.captioner_name(config.caption)  # stands in for the configured BLIP
     first, _ = caption_stage(Pipeline(config, Backends(config, target=mixer, captioner=fake)))
     assert fake.calls == 1
 

