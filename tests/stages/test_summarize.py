@@ -21,7 +21,8 @@ from PIL import Image
 import dnd.pipeline as pipeline_module
 from dnd.artifacts import Caption, Captions, Concepts, NeuronCaptions, TokenUsage
 from dnd.backends import Backends
-from dnd.backends.llms import ChatReply, ChatRequest
+from dnd.backends.llms import ChatReply, ChatRequest, OpenAIConceptLLM
+from dnd.config import OpenAIConfig
 from dnd.errors import DnDError
 from dnd.pipeline import Pipeline, StageSpec
 from dnd.stages import record, summarize
@@ -241,7 +242,7 @@ def test_a_copy_of_a_single_description_is_rejected_but_a_shared_one_is_not(run_
     # Neuron 0: three of its four exemplars are "stripes", a fair summary. Neuron 1: each description is one image's.
     assert concepts.neurons[0].concepts == ["stripes"]
     assert concepts.neurons[1].concepts == []
-    assert concepts.neurons[1].failed == "no valid concept in 5 summaries (0 failed requests, the rest rejected)"
+    assert concepts.neurons[1].failed == "no valid concept in 5 summaries: every answer was rejected"
     assert len(concepts.neurons[1].rejected) == N
     assert all("repeats a single description" in reason for reason in concepts.neurons[1].rejected)
     assert [len(call) for call in llm.calls] == [DISTINCT_CAPTIONS, 2 * N, N]  # only neuron 1 is asked again
@@ -447,3 +448,37 @@ def test_summarises_the_real_caption_stage(tmp_path, image_folder, mixer):
     assert again.run_until("summarize", ["conv"], force_stages={"summarize"})["conv"] == folder
     assert read_model(folder / "artifact.json", Concepts) == concepts
     assert json.loads((folder / "manifest.json").read_text())["counts"]["llm_requests"] == 0
+
+
+def test_through_the_real_openai_client_bad_answers_are_reasked_and_failures_stay_per_neuron(
+    run_stage, openai_server, monkeypatch
+):
+    monkeypatch.setenv("DND_TEST_KEY", "sk-test")
+    settings = {"timeout_s": 0.5, "max_retries": 2, "retry_backoff_s": 0.01, "concurrency": 1}
+    llm = OpenAIConceptLLM(
+        OpenAIConfig(base_url=openai_server.base_url, model="m", api_key_env="DND_TEST_KEY", **settings)
+    )
+    # Neuron 0 (its captions mention zebra fur): a comma answer, a 429 then an answer, a timeout then an answer.
+    openai_server.script(
+        ("ok", "striped, textures"),
+        ("status", 429),
+        ("ok", "striped patterns"),
+        ("sleep", 2.0),
+        ("ok", "zebra stripes"),
+        match="zebra fur",
+    )
+    openai_server.script(("ok", "striped textures"), match="cannot be used")  # the re-ask of the comma answer
+    # Neuron 1 (floral poster): HTTP 500 until the retry budget ends, a body that is not JSON, HTTP 500 again.
+    server_errors = [("status", 500)] * 3
+    openai_server.script(*server_errors, ("raw", "not json"), *server_errors, match="floral poster")
+
+    concepts, counts = run_stage(llm, "summarize.simplify_captions=false", "summarize.n_summaries=3")
+
+    by_neuron = {entry.neuron: entry for entry in concepts.neurons}
+    assert by_neuron[0].concepts == ["striped textures", "striped patterns", "zebra stripes"]
+    assert by_neuron[1].failed.startswith("every LLM request failed: HTTP 500 after 3 attempts")
+    assert by_neuron[2].failed == "captioning failed: the image could not be read"
+    reasked = [r for r in openai_server.received if "cannot be used" in r.last_user_message]
+    assert len(reasked) == 1
+    assert {"role": "assistant", "content": "striped, textures"} in reasked[0].body["messages"]
+    assert counts["reasks"] == 1 and counts["failed_neurons"] == 2
