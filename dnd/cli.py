@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dnd import commands
-from dnd.artifacts import TopImages
+from dnd.artifacts import Captions, Concepts, Exemplars, Generations, Labels, PerNeuronArtifact, TopImages
 from dnd.config import RunConfig, load_config
 from dnd.errors import DnDError
 from dnd.pipeline import METHOD_STAGES, Pipeline
@@ -23,8 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # paths stay whole and copyable when output is not a terminal
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config, e.g. configs/offline.yaml.", show_default=False)
@@ -101,8 +101,9 @@ def describe(
     with _user_errors():
         run_config, pipeline = _setup(config, set_)
         layers = _layers(run_config, layer)
-        pipeline.describe(layers, parse_neurons(neurons), force=force)
-        _print_outputs(pipeline, layers)
+        chosen = parse_neurons(neurons)
+        pipeline.describe(layers, chosen, force=force)
+        _print_outputs(pipeline, layers, run_config.stop_after or list(pipeline.stages)[-1], chosen)
 
 
 @app.command("run")
@@ -121,8 +122,9 @@ def run_stage(
     with _user_errors():
         run_config, pipeline = _setup(config, set_)
         layers = _layers(run_config, layer)
-        pipeline.run_until(stage, layers, parse_neurons(neurons), force_stages={stage} if force else set())
-        _print_outputs(pipeline, layers)
+        chosen = parse_neurons(neurons)
+        pipeline.run_until(stage, layers, chosen, force_stages={stage} if force else set())
+        _print_outputs(pipeline, layers, stage, chosen)
 
 
 @app.command()
@@ -135,8 +137,9 @@ def status(config: ConfigOption = None, layer: LayerOption = None, set_: SetOpti
         run_config, pipeline = _setup(config, set_)
         for name in _layers(run_config, layer):
             table = Table(title=f"{run_config.name} / {name}")
-            for column in ("stage", "status", "key", "folder"):
+            for column in ("stage", "status", "key"):
                 table.add_column(column)
+            table.add_column("folder", overflow="fold")
             colours = {"fresh": "green", "stale": "yellow", "missing": "red"}
             for stage, state, key in pipeline.status(name):
                 folder = str(pipeline.store.stage_dir(name, stage, key)) if state == "fresh" else ""
@@ -166,22 +169,63 @@ def layers(
         out.print(table)
 
 
-def _print_outputs(pipeline: Pipeline, layers: list[str]) -> None:
-    for name in layers:
-        stage_dir = pipeline.store.stage_dir(name, "record", pipeline.key("record", name))
-        top = pipeline.store.load(name, "record", pipeline.key("record", name), TopImages)
-        out.print(
-            f"[bold]{name}[/]: {top.n_neurons} neurons over {top.n_images} images, "
-            f"top-{len(top.neurons[0].rows)} each → {stage_dir}",
-            highlight=False,
-        )
-        if top.skipped:
-            shown = ", ".join(f"{s.image_id} ({s.reason})" for s in top.skipped[:5])
-            more = f" and {len(top.skipped) - 5} more" if len(top.skipped) > 5 else ""
-            err.print(f"[yellow]skipped {len(top.skipped)} unreadable image(s):[/] {shown}{more}", highlight=False)
-        for stage, state, _key in pipeline.status(name):
-            if state == "not available":
-                err.print(f"[dim]stage {stage}: not available yet[/]")
+def _print_outputs(pipeline: Pipeline, layers: list[str], last_stage: str, neurons: list[int] | None) -> None:
+    """One line per finished stage up to ``last_stage``, skipped images, failures, and the concepts if any."""
+    order = list(pipeline.stages)
+    for layer in layers:
+        out.print(f"[bold]{layer}[/]", highlight=False)
+        artifact = None
+        for stage in order[: order.index(last_stage) + 1]:
+            key = pipeline.key(stage, layer)
+            artifact = pipeline.store.load(layer, stage, key, pipeline.stages[stage].artifact)
+            folder = pipeline.store.stage_dir(layer, stage, key)
+            out.print(f"  {stage:<10} {_summary(artifact)} → {folder}", highlight=False)
+            _warn_about(artifact)
+        if isinstance(artifact, Concepts):
+            _print_concepts(artifact, neurons)
+    if last_stage == order[-1]:
+        missing = [stage for stage in METHOD_STAGES if stage not in pipeline.stages]
+        if missing:
+            err.print(f"[dim]not available yet: {', '.join(missing)}[/]")
+
+
+def _summary(artifact: object) -> str:
+    if isinstance(artifact, TopImages):
+        k = len(artifact.neurons[0].rows) if artifact.neurons else 0
+        return f"{artifact.n_neurons} neurons over {artifact.n_images} images, top-{k} each"
+    assert isinstance(artifact, PerNeuronArtifact)
+    failed = sum(entry.failed is not None for entry in artifact.neurons)
+    detail = {
+        Exemplars: lambda a: "with attention crops" if a.cropped else "top images (no spatial map to crop)",
+        Captions: lambda a: f"by {a.captioner}",
+        Concepts: lambda a: f"by {a.llm}, {a.usage.prompt_tokens + a.usage.completion_tokens} tokens",
+        Generations: lambda a: f"by {a.generator}",
+        Labels: lambda a: f"scored by {a.function}",
+    }[type(artifact)](artifact)
+    return f"{len(artifact.neurons)} neurons ({failed} failed), {detail}"
+
+
+def _warn_about(artifact: object) -> None:
+    if isinstance(artifact, TopImages) and artifact.skipped:
+        shown = ", ".join(f"{s.image_id} ({s.reason})" for s in artifact.skipped[:5])
+        more = f" and {len(artifact.skipped) - 5} more" if len(artifact.skipped) > 5 else ""
+        err.print(f"[yellow]skipped {len(artifact.skipped)} unreadable image(s):[/] {shown}{more}", highlight=False)
+    if isinstance(artifact, PerNeuronArtifact):
+        failed = [entry for entry in artifact.neurons if entry.failed is not None]
+        for entry in failed[:5]:
+            err.print(f"[yellow]neuron {entry.neuron} failed:[/] {entry.failed}", highlight=False)
+        if len(failed) > 5:
+            err.print(f"[yellow]… and {len(failed) - 5} more failed neurons (see artifact.json)[/]")
+
+
+def _print_concepts(concepts: Concepts, neurons: list[int] | None, limit: int = 32) -> None:
+    rows = [entry for entry in concepts.neurons if neurons is None or entry.neuron in neurons]
+    table = Table("neuron", "candidate concepts")
+    for entry in rows[:limit]:
+        table.add_row(str(entry.neuron), "; ".join(entry.concepts) or f"[red]failed: {entry.failed}[/]")
+    out.print(table)
+    if len(rows) > limit:
+        out.print(f"… {len(rows) - limit} more neurons in artifact.json")
 
 
 # Label comparisons and evaluations live in dnd.commands; _user_errors() wraps each one as a decorator.

@@ -133,6 +133,40 @@ class SummarizeConfig(_Section):
     batch_size: int = execution_detail(8, ge=1, description="backend local: requests generated together.")
 
 
+class SynthesizeConfig(_Section):
+    """Stage 5: images generated for every candidate concept (Stable Diffusion through ``diffusers``)."""
+
+    model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", description="Text-to-image model id or local folder."
+    )
+    scheduler: Literal["dpm_multistep", "euler_ancestral", "model_default"] = Field(
+        "dpm_multistep", description="Sampling scheduler; model_default keeps the one saved with the model."
+    )
+    steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    size: int = Field(
+        512, ge=8, multiple_of=8, description="Width and height of generated images, in pixels (diffusers needs 8k)."
+    )
+    images_per_concept: int = Field(10, ge=1, description="Images generated per concept (Q).")
+    batch_size: int = execution_detail(8, ge=1, description="Images generated together.")
+
+
+class ScoreConfig(_Section):
+    """Stage 6: every candidate concept scored by the neuron's activations on real and generated images."""
+
+    function: Literal["topk_squared_image_products", "mean_rank", "topk_squared", "image_products"] = Field(
+        "topk_squared_image_products", description="The scoring function (method.md stage 6); the first is DnD's."
+    )
+    beta: int = Field(5, ge=1, description="TopK-Squared: ranks of a concept's best beta images count.")
+    top_pool: int = Field(10, ge=1, description="Image Products: generated images in the pool's top this many.")
+    n_labels: int = Field(3, ge=1, description="Labels kept per neuron (Label 1 is the description).")
+    multi_label_threshold: float = Field(
+        0.81, ge=-1, le=1, description="Multi-label variant: drop a label this CLIP-text-similar to a better one."
+    )
+    clip_model: str = Field("openai/clip-vit-base-patch16", description="CLIP for Image Products and similarity.")
+    batch_size: int = execution_detail(32, ge=1, description="Images per batch for the target network and CLIP.")
+
+
 class EmbedConfig(_Section):
     """Text and image embedding models: label comparisons, evaluations and CLIP-Dissect.
 
@@ -173,8 +207,16 @@ class RunConfig(_Section):
     crop: CropConfig = CropConfig()
     caption: CaptionConfig = CaptionConfig()
     summarize: SummarizeConfig = SummarizeConfig()
+    synthesize: SynthesizeConfig = SynthesizeConfig()
+    score: ScoreConfig = ScoreConfig()
     embed: EmbedConfig = EmbedConfig()
     clip_dissect: ClipDissectConfig = ClipDissectConfig()
+    stop_after: Literal["record", "crop", "caption", "summarize", "synthesize", "score"] | None = execution_detail(
+        None, description="`dnd describe` stops after this stage (e.g. crop where no captioning model can be had)."
+    )
+    prompts_dir: Path = execution_detail(
+        Path("prompts"), description="Folder of the prompt templates (their text, not this path, is in cache keys)."
+    )
     output_dir: Path = execution_detail(Path("outputs"))
     device: str = execution_detail("auto", description="auto, cpu, cuda or cuda:N.")
     seed: int = Field(0, description="Seed for everything random (shuffles, sampling, generation).")

@@ -119,19 +119,19 @@ class StageContext:
 
 def available_stages() -> list[StageSpec]:
     """The stages implemented so far, in method order."""
-    from dnd.stages import caption, crop, record, summarize
+    from dnd.stages import caption, crop, record, summarize, synthesize
 
-    return [record.SPEC, crop.SPEC, caption.SPEC, summarize.SPEC]
+    return [record.SPEC, crop.SPEC, caption.SPEC, summarize.SPEC, synthesize.SPEC]
 
 
 class Pipeline:
     """Runs the stages of one config for one or more layers, reusing everything already in the store."""
 
-    def __init__(self, config: RunConfig, backends: Backends | None = None, prompts_dir: Path = Path("prompts")):
+    def __init__(self, config: RunConfig, backends: Backends | None = None, prompts_dir: Path | None = None):
         self.config = config
         self.backends = backends or Backends(config)
         self.store = StageStore(config.output_dir / config.name)
-        self.context = StageContext(config, self.backends, self.store, prompts_dir)
+        self.context = StageContext(config, self.backends, self.store, prompts_dir or config.prompts_dir)
         self.stages = {spec.name: spec for spec in available_stages()}
 
     # --- keys -------------------------------------------------------------------------------------------------
@@ -168,8 +168,12 @@ class Pipeline:
         return rows
 
     def describe(self, layers: list[str], neurons: list[int] | None = None, force: bool = False) -> dict[str, Path]:
-        """Run every available stage for ``layers``; return the last stage's output folder per layer."""
-        return self.run_until(list(self.stages)[-1], layers, neurons, force_stages=set(self.stages) if force else set())
+        """Run every available stage (or up to ``config.stop_after``); return the last one's folder per layer."""
+        last = self.config.stop_after or list(self.stages)[-1]
+        self._spec(last)
+        order = list(self.stages)
+        forced = set(order[: order.index(last) + 1]) if force else set()
+        return self.run_until(last, layers, neurons, force_stages=forced)
 
     def run_until(
         self,
