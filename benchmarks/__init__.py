@@ -1,0 +1,1 @@
+"""`make bench`: speed and memory measurements, printed and written as JSON (not asserted in tests)."""
