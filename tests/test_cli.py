@@ -1,0 +1,99 @@
+"""The command line, end to end on a built-in network with random weights (no ../shared needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from dnd.cli import app, parse_neurons
+from dnd.errors import DnDError
+from tests.helpers import write_images
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cifar_config(tmp_path) -> Path:
+    """A config for cifar_resnet20 with random weights over 12 tiny images, writing under tmp_path."""
+    from dnd.models.cifar_resnet import cifar_resnet
+
+    weights = tmp_path / "resnet20.th"
+    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
+    write_images(tmp_path / "probe", 12, size=32)
+    config = {
+        "name": "cli",
+        "target": {"name": "cifar_resnet20", "weights": str(weights)},
+        "probe": {"kind": "folder", "path": str(tmp_path / "probe"), "batch_size": 5, "num_workers": 0},
+        "layers": ["layer3"],
+        "record": {"top_k": 4},
+        "output_dir": str(tmp_path / "outputs"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_run_record_then_status_is_fresh(cifar_config, tmp_path):
+    result = invoke("run", "record", "--config", cifar_config)
+    assert result.exit_code == 0, result.output
+    assert "record     64 neurons over 12 images, top-4 each" in result.output
+    folders = list((tmp_path / "outputs" / "cli" / "layer3").glob("record-*"))
+    assert len(folders) == 1 and (folders[0] / "activations.safetensors").is_file()
+
+    result = invoke("status", "--config", cifar_config)
+    assert result.exit_code == 0, result.output
+    assert "record" in result.output and "fresh" in result.output
+
+    result = invoke("status", "--config", cifar_config, "--set", "record.summary=max")
+    assert "stale" in result.output
+
+
+def test_user_errors_exit_2_with_a_message(cifar_config, tmp_path):
+    result = invoke("run", "record", "--config", cifar_config, "--layer", "layer9")
+    assert result.exit_code == 2
+    assert "layer 'layer9' not found in cifar_resnet20. Closest module paths:" in result.output
+    assert "layer1" in result.output and "Traceback" not in result.output
+
+    result = invoke("run", "record", "--config", cifar_config, "--set", "probe.batchsize=3")
+    assert result.exit_code == 2 and "did you mean 'probe.batch_size'" in result.output
+
+    result = invoke("run", "nope", "--config", cifar_config)
+    assert result.exit_code == 2 and "unknown stage 'nope'" in result.output
+
+    result = invoke("run", "record", "--config", cifar_config, "--set", f"probe.path={tmp_path / 'missing'}")
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_corrupt_image_is_reported_not_fatal(cifar_config, tmp_path):
+    (tmp_path / "probe" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = invoke("run", "record", "--config", cifar_config)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable image(s): broken.jpg" in result.output
+
+
+def test_layers_lists_module_paths_with_shapes(cifar_config):
+    result = invoke("layers", "--config", cifar_config, "--contains", "layer3.2")
+    assert result.exit_code == 0, result.output
+    assert "layer3.2.conv2" in result.output and "64 × 8 × 8" in result.output
+
+
+def test_help_texts_have_examples():
+    for command in ("describe", "run", "status", "layers"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example: dnd" in result.output
+
+
+def test_parse_neurons():
+    assert parse_neurons("0-3,7, 5") == [0, 1, 2, 3, 5, 7]
+    assert parse_neurons(None) is None
+    for bad in ("a-b", "5-2", "-1"):
+        with pytest.raises(DnDError):
+            parse_neurons(bad)
