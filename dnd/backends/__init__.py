@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     import torch
 
     from dnd.backends.captioners import Captioner
+    from dnd.backends.embedders import ClipEmbedder
+    from dnd.backends.generators import ImageGenerator
     from dnd.backends.llms import ConceptLLM
     from dnd.backends.targets import TargetNetwork
     from dnd.config import RunConfig
@@ -28,9 +30,17 @@ class Backends:
         target: TargetNetwork | None = None,
         captioner: Captioner | None = None,
         concept_llm: ConceptLLM | None = None,
+        generator: ImageGenerator | None = None,
+        clip: ClipEmbedder | None = None,
     ):
         self.config = config
-        self._given: dict[str, Any] = {"target": target, "captioner": captioner, "concept_llm": concept_llm}
+        self._given: dict[str, Any] = {
+            "target": target,
+            "captioner": captioner,
+            "concept_llm": concept_llm,
+            "generator": generator,
+            "clip": clip,
+        }
 
     @cached_property
     def device(self) -> torch.device:
@@ -56,6 +66,32 @@ class Backends:
         from dnd.backends.llms import build_concept_llm
 
         return self._given["concept_llm"] or build_concept_llm(self.config.summarize, self.device)
+
+    @cached_property
+    def generator(self) -> ImageGenerator:
+        from dnd.backends.generators import build_generator
+
+        return self._given["generator"] or build_generator(self.config.synthesize, self.device)
+
+    @cached_property
+    def clip(self) -> ClipEmbedder:
+        """CLIP image and text embeddings for scoring (``score.clip_model``)."""
+        from dnd.backends.embedders import ClipEmbedder
+
+        given = self._given["clip"]
+        return given or ClipEmbedder("clip", self.config.score.clip_model, self.device, self.config.score.batch_size)
+
+    def clip_model(self) -> str:
+        """The scoring CLIP's model for embedding-cache keys, without loading a built-in one."""
+        given = self._given["clip"]
+        return given.model if given is not None else self.config.score.clip_model
+
+    def generator_name(self) -> str:
+        """The generator's name for image-store keys, without loading a built-in one."""
+        from dnd.backends.generators import generator_name
+
+        given = self._given["generator"]
+        return given.name if given is not None else generator_name(self.config.synthesize)
 
     def captioner_name(self) -> str:
         """The captioner's name for cache keys, without loading a built-in one."""
