@@ -65,7 +65,7 @@ def offline_run(tmp_path, shared, smollm2, monkeypatch):
         f"output_dir={tmp_path / 'outputs'}",
         f"prompts_dir={prompts}",
         f"caption.model={tiny_blip(tmp_path / 'blip')}",
-        "stop_after=null",
+        "stop_after=summarize",
         "probe.limit=200",  # 200 of the 1,000 samples keep the test short; the path is the same
         "probe.num_workers=0",
         "summarize.n_summaries=2",

@@ -97,27 +97,12 @@ def tiny_blip2(folder: Path, seed: int = 0) -> Path:
 def tiny_clip(folder: Path, seed: int = 0) -> Path:
     """A CLIP model (16-wide text and vision towers, 8-dim projections, 32×32 images) with its processor; returns
     ``folder``. The tokenizer knows single characters (plus ``</w>`` word ends) and no merges."""
-    import string
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    characters = list(string.ascii_lowercase + string.digits + "-'/&")
-    tokens = [*characters, *(f"{c}</w>" for c in characters), "<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tokenizer = _character_clip_tokenizer(folder)
     tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
     config = CLIPConfig(
-        text_config={
-            **tower,
-            "vocab_size": len(vocab),
-            "max_position_embeddings": 77,
-            "bos_token_id": vocab["<|startoftext|>"],
-            "eos_token_id": vocab["<|endoftext|>"],
-            "pad_token_id": vocab["<|endoftext|>"],
-        },
+        text_config={**tower, **_clip_text_ids(tokenizer)},
         vision_config={**tower, "image_size": TINY_IMAGE_SIZE, "patch_size": 8},
         projection_dim=8,
     )
@@ -129,3 +114,79 @@ def tiny_clip(folder: Path, seed: int = 0) -> Path:
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
+    """A Stable Diffusion pipeline (UNet, VAE and CLIP text encoder all 8 to 16 wide; DPM-Solver multistep) saved to
+    ``folder``; returns it. The VAE downsamples by 2, so 32×32 images denoise 16×16 latents."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _character_clip_tokenizer(folder / "tokenizer")
+    text_width = 16
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            sample_size=TINY_IMAGE_SIZE // 2,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=text_width,
+            norm_num_groups=8,
+            attention_head_dim=2,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            norm_num_groups=8,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=text_width,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                **_clip_text_ids(tokenizer),
+            )
+        )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(steps_offset=1),  # steps_offset=1 as Stable Diffusion's own
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def _character_clip_tokenizer(folder: Path):
+    """A ``CLIPTokenizer`` over single characters (plus ``</w>`` word ends) with no merges; its files go to
+    ``folder``."""
+    import string
+
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    characters = list(string.ascii_lowercase + string.digits + "-'/&")
+    tokens = [*characters, *(f"{c}</w>" for c in characters), "<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def _clip_text_ids(tokenizer) -> dict[str, int]:
+    """The vocabulary size, context length and special token ids a CLIP text tower needs to match ``tokenizer``."""
+    return {
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": tokenizer.model_max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
