@@ -1,4 +1,5 @@
-"""Commands that compare and evaluate label sets: ``compare``, ``clip-dissect``, ``evaluate final-layer``.
+"""Commands that compare and evaluate label sets: ``compare``, ``clip-dissect``, ``evaluate final-layer``, ``evaluate
+cosy``.
 
 Thin like the rest of the CLI: parse, call the library, print. ``dnd.cli`` registers them and turns a
 :class:`~dnd.errors.DnDError` into one clear message. Heavy modules are imported inside the commands.
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from dnd.backends.embedders import TextEmbedder
     from dnd.compare.agreement import SimilarityStats
     from dnd.compare.readers import LabelSet
+    from dnd.evaluate.cosy import MetricStats
 
 out = Console()
 err = Console(stderr=True)
@@ -137,6 +139,89 @@ def final_layer(
     out.print(table)
 
 
+def cosy(
+    labels: Annotated[
+        str,
+        typer.Argument(
+            help="Label file (PATH, PATH:LAYER or a quoted glob, as for compare) or one of our runs' score-<key> "
+            "folders.",
+            show_default=False,
+        ),
+    ],
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML config: the network, the probing set (the control images), the generator (synthesize.*).",
+            show_default=False,
+        ),
+    ],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer module path, as the label file names it.")],
+    neurons: Annotated[
+        str | None,
+        typer.Option("--neurons", "-n", help="Neurons to evaluate, e.g. 0-63 or 1,5,7-9; default: every labelled one."),
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write results: .csv (one row per neuron) or .json (all).")
+    ] = None,
+    lowest: Annotated[
+        int, typer.Option("--lowest", min=0, help="Neurons listed whose labels drive them least (lowest AUC).")
+    ] = 10,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key, e.g. --set cosy.images_per_label=20.", show_default=False),
+    ] = None,
+) -> None:
+    """CoSy: per neuron, AUC and MAD of its activations on images generated from its label against the probing set.
+
+    Images (cosy.*) are made once per distinct label by the stage-5 generator and reused by later evaluations.
+
+    Example: dnd evaluate cosy ../shared/reference/clip-dissect/resnet50_imagenet_broden.csv
+    --config configs/resnet50_imagenet.yaml --layer layer4 --neurons 0-63 --out cosy.csv
+    """
+    from dnd.backends import Backends
+    from dnd.cli import parse_neurons  # the CLI's own parser; imported here because dnd.cli imports this module
+    from dnd.compare.readers import read_label_source
+    from dnd.config import load_config
+    from dnd.evaluate.cosy import check_out_path, evaluate_cosy, write_results
+
+    if out_path is not None:
+        check_out_path(out_path)
+    label_set = read_label_source(labels)
+    _print_warnings(label_set)
+    run_config = load_config(config, set_)
+    result = evaluate_cosy(run_config, label_set, layer, parse_neurons(neurons), Backends(run_config))
+    if result.unlabelled:
+        shown = ", ".join(map(str, result.unlabelled[:SHOWN_WARNINGS]))
+        more = f" and {len(result.unlabelled) - SHOWN_WARNINGS} more" if len(result.unlabelled) > SHOWN_WARNINGS else ""
+        err.print(f"[yellow]no label in {label_set.name}, not evaluated:[/] {shown}{more}", highlight=False)
+    table = Table(
+        title=f"{label_set.name}: CoSy on {layer}, {result.images_per_label} images per label vs "
+        f"{result.n_control} probing images",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("layer", "n", "AUC mean", "median", "std", "MAD mean", "median", "std"):
+        table.add_column(column, justify="left" if column == "layer" else "right", no_wrap=True)
+    table.add_row(result.layer, str(len(result.neurons)), *_metric_cells(result.auc), *_metric_cells(result.mad))
+    out.print(table)
+    if lowest:
+        table = Table(title=f"lowest AUC: {layer}", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("unit", "AUC", "MAD", "label"):
+            table.add_column(column, justify="left" if column == "label" else "right")
+        for neuron in result.lowest(lowest):
+            table.add_row(str(neuron.unit), f"{neuron.auc:.3f}", _number(neuron.mad, 2), escape(neuron.label))
+        out.print(table)
+    out.print(
+        f"images: {result.images_generated} generated, {result.images_reused} reused, by {escape(result.generator)}",
+        highlight=False,
+    )
+    if out_path is not None:
+        write_results(result, out_path)
+        out.print(f"wrote {out_path}", highlight=False)
+
+
 def clip_dissect(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config of the run.", show_default=False)],
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer module path.", show_default=False)],
@@ -213,3 +298,13 @@ def _stats_cells(stats: SimilarityStats) -> list[str]:
     spark = "".join(SPARK[round(count / peak * (len(SPARK) - 1))] for count in stats.histogram)
     quartiles = (f"{value:.3f}" for value in (stats.q1, stats.median, stats.q3))
     return [str(stats.n), f"{stats.mean:.4f}", f"{stats.std:.4f}", *quartiles, spark]
+
+
+def _metric_cells(stats: MetricStats) -> list[str]:
+    """Mean, median and std of a CoSy metric (— where it is defined for no neuron)."""
+    return [_number(value, 3) for value in (stats.mean, stats.median, stats.std)]
+
+
+def _number(value: float | None, digits: int) -> str:
+    """``value`` rounded for a table; — for an undefined one (a MAD where the neuron is constant on the control)."""
+    return "—" if value is None else f"{value:.{digits}f}"

@@ -196,6 +196,24 @@ class ClipDissectConfig(_Section):
     )
 
 
+class CosyConfig(_Section):
+    """``dnd evaluate cosy``: CoSy (Kopf et al., 2024) scores a label by the neuron's activations on images generated
+    from it against the probing set (method.md, section 3).
+
+    The images come from the stage-5 generator (``synthesize.model`` and its settings) and go to the same image store,
+    so they are generated once and reused by every later evaluation. The prompt is a setting of the protocol, not a
+    method prompt in ``prompts/``: published CoSy numbers use this one, and ``--set cosy.prompt=...`` changes it for
+    one evaluation without editing a file.
+    """
+
+    images_per_label: int = Field(50, ge=1, description="Images generated per distinct label.")
+    prompt: str = Field(
+        "realistic photo of a close up of {description}",
+        description="Text-to-image prompt; {description} stands for the label (a literal brace is {{ or }}).",
+    )
+    batch_size: int = execution_detail(8, ge=1, description="Images generated together.")
+
+
 class RunConfig(_Section):
     """Everything one run needs; a YAML file in ``configs/`` fills it."""
 
@@ -211,6 +229,7 @@ class RunConfig(_Section):
     score: ScoreConfig = ScoreConfig()
     embed: EmbedConfig = EmbedConfig()
     clip_dissect: ClipDissectConfig = ClipDissectConfig()
+    cosy: CosyConfig = CosyConfig()
     stop_after: Literal["record", "crop", "caption", "summarize", "synthesize", "score"] | None = execution_detail(
         None, description="`dnd describe` stops after this stage (e.g. crop where no captioning model can be had)."
     )

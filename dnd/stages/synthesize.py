@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import string
 import time
+from typing import TYPE_CHECKING
 
 from dnd.artifacts import ConceptImages, Concepts, Generations, NeuronGenerations
 from dnd.backends.generators import GenerationRequest
@@ -21,6 +22,9 @@ from dnd.errors import DnDError
 from dnd.pipeline import StageContext, StageJob, StageSpec
 from dnd.progress import track
 from dnd.store import ARTIFACT_FILE, ImageStore, content_key, read_model
+
+if TYPE_CHECKING:
+    from dnd.backends import Backends
 
 PROMPT_FILE = "synthesize.md"
 IMAGE_FOLDER = "images"
@@ -63,6 +67,53 @@ def image_seed(run_seed: int, prompt: str, index: int) -> int:
     return int(content_key({"seed": run_seed, "prompt": prompt, "image": index}), 16) % 2**SEED_BITS
 
 
+def plan_images(
+    prompts: dict[str, str], images_per_prompt: int, run_seed: int, generator: str
+) -> tuple[dict[str, GenerationRequest], dict[str, list[str]]]:
+    """``(request by image key, image keys by label)`` for ``images_per_prompt`` images of each label's prompt.
+
+    ``prompts`` maps a label (a concept, a description) to its filled-in prompt. The key of an image is the content
+    key of everything that makes its pixels: the generator's name (model and settings), the prompt and the seed.
+    """
+    requests: dict[str, GenerationRequest] = {}
+    keys_of: dict[str, list[str]] = {}
+    for label, prompt in prompts.items():
+        keys_of[label] = []
+        for index in range(images_per_prompt):
+            request = GenerationRequest(prompt, image_seed(run_seed, prompt, index))
+            key = content_key({"generator": generator, "prompt": request.prompt, "seed": request.seed})
+            requests[key] = request
+            keys_of[label].append(key)
+    return requests, keys_of
+
+
+def generate_missing(
+    store: ImageStore,
+    backends: Backends,
+    requests: dict[str, GenerationRequest],
+    batch_size: int,
+    description: str,
+) -> tuple[int, int]:
+    """Generate the ``requests`` whose key ``store`` lacks, ``batch_size`` at a time, storing each batch as it
+    returns (a killed run keeps every finished batch); return ``(images generated, generator calls)``.
+
+    Batches may mix prompts. The generator is built only if an image is missing.
+    """
+    missing = [key for key in requests if not store.has(key)]
+    batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
+    if batches:
+        generator = backends.generator
+        for batch in track(batches, description):
+            images = generator.generate([requests[key] for key in batch])
+            if len(images) != len(batch):
+                raise RuntimeError(
+                    f"generator {generator.name} returned {len(images)} images for {len(batch)} requests"
+                )
+            for key, image in zip(batch, images, strict=True):
+                store.put(key, image)
+    return len(missing), len(batches)
+
+
 def run(ctx: StageContext, jobs: list[StageJob]) -> None:
     """Generate (or reuse) the images of every candidate concept of ``job.neurons`` and write each layer's artifact."""
     template = parse_template(ctx.prompt_text(PROMPT_FILE))
@@ -92,27 +143,9 @@ def _synthesize_layer(ctx: StageContext, job: StageJob, template: str) -> None:
     # 2. Q requests per distinct concept of the layer, each under the key of everything that makes its pixels.
     distinct = dict.fromkeys(concept for labels in concepts.values() for concept in labels)
     prompts = {concept: template.format(concept=concept) for concept in distinct}
-    requests: dict[str, GenerationRequest] = {}  # image key -> request
-    image_ids: dict[str, list[str]] = {}  # concept -> the keys of its images
-    for concept, prompt in prompts.items():
-        image_ids[concept] = []
-        for index in range(config.images_per_concept):
-            request = GenerationRequest(prompt, image_seed(ctx.config.seed, prompt, index))
-            key = content_key({"generator": name, "prompt": request.prompt, "seed": request.seed})
-            requests[key] = request
-            image_ids[concept].append(key)
-    # 3. Images already in the store (from any neuron, layer or run) are not generated again.
-    missing = [key for key in requests if not store.has(key)]
-    # 4. Generate the rest in batches that may mix concepts, storing each batch the moment it exists.
-    batches = [missing[i : i + config.batch_size] for i in range(0, len(missing), config.batch_size)]
-    if batches:
-        generator = ctx.backends.generator  # built only now: a fully cached run never loads the model
-        for batch in track(batches, f"synthesize {job.layer}"):
-            images = generator.generate([requests[key] for key in batch])
-            if len(images) != len(batch):
-                raise RuntimeError(f"generator {name} returned {len(images)} images for {len(batch)} requests")
-            for key, image in zip(batch, images, strict=True):
-                store.put(key, image)
+    requests, image_ids = plan_images(prompts, config.images_per_concept, ctx.config.seed, name)
+    # 3-4. Images already in the store (any neuron, layer or run) are reused; the rest are generated and stored.
+    generated, calls = generate_missing(store, ctx.backends, requests, config.batch_size, f"synthesize {job.layer}")
     # 5. Per neuron: each of its concepts with the prompt and the ids of its images.
     for neuron, labels in concepts.items():
         entries = [ConceptImages(concept=c, prompt=prompts[c], image_ids=image_ids[c]) for c in labels]
@@ -122,9 +155,9 @@ def _synthesize_layer(ctx: StageContext, job: StageJob, template: str) -> None:
     counts = {
         "unique_concepts": len(prompts),
         "images_requested": len(requests),
-        "images_generated": len(missing),
-        "cache_hits": len(requests) - len(missing),
-        "generator_calls": len(batches),
+        "images_generated": generated,
+        "cache_hits": len(requests) - generated,
+        "generator_calls": calls,
     }
     ctx.write_per_neuron(job, artifact, time.perf_counter() - started, counts)
 

@@ -1,0 +1,292 @@
+"""CoSy (Kopf et al., NeurIPS 2024): does a neuron's label name what drives it? (method.md, section 3)
+
+For a neuron with label *d*, ``cosy.images_per_label`` images are generated from ``cosy.prompt`` with *d* in place of
+``{description}``; the control set is the probing set. With the neuron's activations ``s_1 … s_m`` on the images of
+its label and ``c_1 … c_n`` on the control images (each summarised as stage 1 does: ``record.summary`` /
+``record.tokens``), two scores, both higher-is-better, are computed by :func:`roc_auc` and
+:func:`mean_activation_difference`:
+
+- **AUC**: the ROC-AUC of the activation as a score separating synthetic (1) from control (0) images;
+- **MAD**: the difference of the two means in units of the control set's standard deviation.
+
+The work, once per call (one layer, the requested neurons):
+
+1. the control activations are stage 1's, recorded now or reused from the stage store;
+2. each *distinct* label is generated once, however many neurons carry it. Image ``i`` of a prompt has stage 5's seed
+   (a hash of run seed, prompt and ``i``) and stage 5's image-store key (generator name, prompt, seed), so images are
+   generated once and reused by every later evaluation; the generator is loaded only when an image is missing;
+3. the target network runs once over all synthetic images, in batches of ``probe.batch_size``, all neurons at once;
+4. AUC and MAD per neuron (all neurons in one tensor operation), then their mean, median and spread over the layer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import string
+from pathlib import Path
+
+import torch
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from dnd.backends import Backends
+from dnd.backends.targets import TargetNetwork, summarize
+from dnd.compare.readers import LabelSet
+from dnd.config import RunConfig
+from dnd.data import UnreadableImage, open_rgb
+from dnd.errors import DnDError
+from dnd.pipeline import Pipeline
+from dnd.progress import track
+from dnd.stages.record import load_activations
+from dnd.stages.synthesize import generate_missing, image_store, plan_images
+from dnd.store import ImageStore, atomic_write_text
+
+#: The placeholder ``cosy.prompt`` must hold.
+PLACEHOLDER = "description"
+#: MAD divides by the control set's sample standard deviation, which needs this many control images.
+MIN_CONTROL_IMAGES = 2
+OUT_SUFFIXES = (".csv", ".json")
+CSV_COLUMNS = ("source", "layer", "unit", "label", "auc", "mad")
+
+
+# --- the metrics --------------------------------------------------------------------------------------------------
+
+
+def roc_auc(synthetic: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """Exact ROC-AUC of ``synthetic [..., m]`` (label 1) against ``control [..., n]`` (label 0), per leading index.
+
+    ``AUC = U / (m · n)`` with the Mann–Whitney count ``U = Σ_i Σ_j ([s_i > c_j] + ½ · [s_i = c_j])``: the chance that
+    a random synthetic image out-activates a random control image, ties counted as half. 1 when every synthetic value
+    exceeds every control value, 0 when none does, ½ when both come from one distribution. Per synthetic value, two
+    binary searches in the sorted control values count those below it and those not above it, so the cost is
+    ``O((m + n) log n)``, not ``O(m n)``. The leading dimensions of both inputs must match (``[n_neurons, m]`` against
+    ``[n_neurons, n]`` scores every neuron at once); ``m, n ≥ 1``, values finite. Returns float64 ``[...]``.
+    """
+    ordered = control.double().sort(dim=-1).values.contiguous()
+    values = synthetic.double().contiguous()
+    below = torch.searchsorted(ordered, values, side="left")  # [..., m]: controls < s_i
+    not_above = torch.searchsorted(ordered, values, side="right")  # [..., m]: controls <= s_i
+    # below + ½ · (not_above − below) per synthetic value; integers and halves, exact in float64.
+    u = (below + not_above).double().sum(dim=-1) / 2
+    return u / (synthetic.shape[-1] * control.shape[-1])
+
+
+def mean_activation_difference(synthetic: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """MAD = ``(mean(synthetic) − mean(control)) / std(control)`` per leading index, float64 ``[...]``.
+
+    Inputs as for :func:`roc_auc`, with ``n ≥ 2``. ``std`` is the *sample* standard deviation (``n − 1`` in its
+    denominator): the control images are a sample standing in for natural images at large, so the unbiased estimate
+    of their spread is the one to divide by; it is also torch's default ``std()``, which CoSy implementations call.
+    With the hundreds of images of a real probing set the two estimates differ by well under 1 %. A neuron that is
+    constant on the control set has no spread to measure in: its MAD is NaN (undefined) rather than a division by
+    an invented unit.
+    """
+    control = control.double()
+    spread = control.std(dim=-1, correction=1)
+    difference = synthetic.double().mean(dim=-1) - control.mean(dim=-1)
+    return torch.where(spread > 0, difference / spread, math.nan)
+
+
+# --- results ------------------------------------------------------------------------------------------------------
+
+
+class MetricStats(BaseModel):
+    """One metric over a layer's neurons: its mean, median (linearly interpolated) and population std over the
+    ``n`` neurons where it is defined (a MAD can be undefined); None when it is defined for none."""
+
+    n: int
+    mean: float | None
+    median: float | None
+    std: float | None
+
+    @classmethod
+    def of(cls, values: torch.Tensor) -> MetricStats:
+        """Statistics of ``values [n_neurons]``, NaN entries left out."""
+        defined = values[~values.isnan()].double()
+        if not defined.numel():
+            return cls(n=0, mean=None, median=None, std=None)
+        return cls(
+            n=defined.numel(),
+            mean=defined.mean().item(),
+            median=defined.quantile(0.5).item(),
+            std=defined.std(correction=0).item(),
+        )
+
+
+class NeuronCosy(BaseModel):
+    unit: int
+    label: str
+    auc: float
+    mad: float | None = Field(description="None (undefined) where the neuron is constant on the control set.")
+
+
+class CosyResult(BaseModel):
+    """CoSy scores of one label set on one layer, with what they were computed from."""
+
+    source: str
+    layer: str
+    generator: str = Field(description="The generator's name: model and every setting that changes the pixels.")
+    prompt: str = Field(description="The prompt template (cosy.prompt).")
+    images_per_label: int
+    n_control: int = Field(description="Readable probing images: the control set.")
+    neurons: list[NeuronCosy] = Field(description="Every evaluated neuron, by unit.")
+    unlabelled: list[int] = Field(description="Requested neurons without a label in the source (not evaluated).")
+    auc: MetricStats
+    mad: MetricStats
+    images_generated: int = Field(description="Images this evaluation generated.")
+    images_reused: int = Field(description="Images found in the image store.")
+
+    def lowest(self, count: int) -> list[NeuronCosy]:
+        """The ``count`` neurons with the lowest AUC (their labels separate worst), lowest first."""
+        return sorted(self.neurons, key=lambda neuron: neuron.auc)[:count]
+
+
+# --- the evaluation -----------------------------------------------------------------------------------------------
+
+
+def evaluate_cosy(
+    config: RunConfig, labels: LabelSet, layer: str, neurons: list[int] | None, backends: Backends
+) -> CosyResult:
+    """CoSy AUC and MAD of ``neurons`` of ``layer`` (default: every neuron ``labels`` labels there), each scored on
+    the images of its first label against the probing set of ``config``; models come from ``backends``.
+
+    Raises :class:`DnDError` when ``cosy.prompt`` lacks its placeholder, ``layer`` is not in ``labels``, none of the
+    requested neurons has a label, a labelled neuron is beyond the layer's size, or a stored image is unreadable.
+    """
+    check_prompt(config.cosy.prompt)
+    # 1. The neurons to score: those requested that have a label in this layer.
+    labels.check_layers([layer])
+    rows = labels.units(layer)
+    requested = sorted(rows) if neurons is None else neurons
+    unlabelled = [n for n in requested if n not in rows]
+    chosen = [n for n in requested if n in rows]
+    if not chosen:
+        labelled = sorted(rows)
+        raise DnDError(
+            f"none of the requested neurons has a label in {labels.source} (layer {layer} labels units "
+            f"{labelled[0]}–{labelled[-1]}, {len(labelled)} of them): choose --neurons among those"
+        )
+    label_of = {n: rows[n].labels[0] for n in chosen}
+    # 2. Control activations [n_control, n_neurons]: stage 1 over the probing set, recorded or reused.
+    pipeline = Pipeline(config, backends)
+    control, _ = load_activations(pipeline.run_until("record", [layer])[layer])
+    _check_fit(labels, layer, chosen, control)
+    # 3. images_per_label images per distinct label, generated only where the image store lacks them.
+    store = image_store(pipeline.context)
+    prompts = {label: config.cosy.prompt.format(**{PLACEHOLDER: label}) for label in dict.fromkeys(label_of.values())}
+    requests, keys_of = plan_images(prompts, config.cosy.images_per_label, config.seed, backends.generator_name())
+    generated, _calls = generate_missing(store, backends, requests, config.cosy.batch_size, f"cosy {layer}: generate")
+    # 4. The layer's activations on every synthetic image [n_synthetic, n_neurons], in one batched pass.
+    keys = list(requests)
+    synthetic = _activations(backends.target, layer, store, keys, config)
+    row_of = {key: row for row, key in enumerate(keys)}
+    # 5. Per neuron, its own label's images against the control set, every neuron in one tensor operation.
+    units = torch.tensor(chosen)
+    images = torch.tensor([[row_of[key] for key in keys_of[label_of[n]]] for n in chosen])  # [n_chosen, Q]
+    own = synthetic[images, units[:, None]]  # [n_chosen, Q]
+    against = control[:, units].T  # [n_chosen, n_control]
+    auc, mad = roc_auc(own, against), mean_activation_difference(own, against)
+    # 6. The scores per neuron and their summary over the layer.
+    return CosyResult(
+        source=labels.source,
+        layer=layer,
+        generator=backends.generator_name(),
+        prompt=config.cosy.prompt,
+        images_per_label=config.cosy.images_per_label,
+        n_control=control.shape[0],
+        neurons=[
+            NeuronCosy(unit=n, label=label_of[n], auc=a, mad=None if math.isnan(m) else m)
+            for n, a, m in zip(chosen, auc.tolist(), mad.tolist(), strict=True)
+        ],
+        unlabelled=unlabelled,
+        auc=MetricStats.of(auc),
+        mad=MetricStats.of(mad),
+        images_generated=generated,
+        images_reused=len(requests) - generated,
+    )
+
+
+def check_prompt(template: str) -> None:
+    """Raise :class:`DnDError` naming the fix unless ``template``'s one placeholder is ``{description}``."""
+    fix = "set cosy.prompt to a text holding {description}, e.g. --set 'cosy.prompt=a photo of {description}'"
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as exc:
+        raise DnDError(f"cosy.prompt {template!r}: {exc} (write a literal brace as {{{{ or }}}}); {fix}") from None
+    if fields != {PLACEHOLDER}:
+        found = ", ".join(sorted(f"{{{field}}}" for field in fields)) or "none"
+        raise DnDError(
+            f"cosy.prompt {template!r} must hold {{{PLACEHOLDER}}} and no other placeholder (found: {found}); {fix}"
+        )
+
+
+def _check_fit(labels: LabelSet, layer: str, chosen: list[int], control: torch.Tensor) -> None:
+    """Raise :class:`DnDError` when a chosen unit is beyond the layer or the control set is too small for MAD."""
+    n_images, n_neurons = control.shape
+    beyond = [n for n in chosen if n >= n_neurons]
+    if beyond:
+        raise DnDError(
+            f"{labels.name} labels units {beyond[:5]} of {layer}, but this network's {layer} has {n_neurons} neurons "
+            f"(0-{n_neurons - 1}): is the label file for this network? Choose others with --neurons"
+        )
+    if n_images < MIN_CONTROL_IMAGES:
+        raise DnDError(
+            f"the probing set has {n_images} readable image(s); the control set needs at least {MIN_CONTROL_IMAGES}"
+        )
+
+
+def _activations(
+    target: TargetNetwork, layer: str, store: ImageStore, keys: list[str], config: RunConfig
+) -> torch.Tensor:
+    """``layer``'s summaries ``[len(keys), n_neurons]`` on the stored images ``keys``, reduced and run exactly as
+    stage 1 ran the control set (preprocessing, ``record.summary`` / ``record.tokens``, autocast)."""
+    record = config.record
+    autocast = record.autocast and target.device.type == "cuda"
+
+    def reduce(_layer: str, output: torch.Tensor) -> torch.Tensor:
+        return summarize(output, record.summary, record.tokens)
+
+    size = config.probe.batch_size
+    parts = []
+    for start in track(range(0, len(keys), size), f"cosy {layer}: target network"):
+        pixels = torch.stack([target.preprocess(_load(store, key)) for key in keys[start : start + size]])
+        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+            parts.append(target.capture(pixels.to(target.device), [layer], reduce)[layer].float().cpu())
+    return torch.cat(parts)
+
+
+def _load(store: ImageStore, key: str) -> Image.Image:
+    try:
+        return open_rgb(store.path(key))
+    except UnreadableImage as exc:
+        raise DnDError(
+            f"generated image {store.path(key)} is unreadable ({exc}): delete it and evaluate again to generate it anew"
+        ) from None
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+
+def check_out_path(path: Path) -> None:
+    """Raise :class:`DnDError` unless results can be written to ``path`` (checked before any work)."""
+    if path.suffix not in OUT_SUFFIXES:
+        raise DnDError(f"--out {path}: write results to a .csv (one row per neuron) or a .json file (everything)")
+
+
+def write_results(result: CosyResult, path: Path) -> None:
+    """``.csv``: one row per neuron (``source,layer,unit,label,auc,mad``); ``.json``: the whole result. An undefined
+    MAD is an empty cell in the CSV and ``null`` in the JSON."""
+    check_out_path(path)
+    if path.suffix == ".json":
+        text = result.model_dump_json(indent=1)
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for neuron in result.neurons:
+            mad = "" if neuron.mad is None else neuron.mad
+            writer.writerow([result.source, result.layer, neuron.unit, neuron.label, neuron.auc, mad])
+        text = buffer.getvalue()
+    atomic_write_text(path, text)

@@ -1,0 +1,336 @@
+"""CoSy: AUC and MAD against hand computation; on a network whose neurons detect known pixel patterns, a label that
+draws the pattern scores AUC ≈ 1 and one that does not ≈ ½; images made once per distinct label and reused; the CLI.
+
+The generator is a stub that paints the pattern a prompt names (red patches, a checkerboard) and noise like the
+probing images for anything else, so the right and wrong answers are known without a diffusion model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from typer.testing import CliRunner
+
+import dnd.backends.generators
+from dnd.artifacts import Labels, NeuronLabels
+from dnd.backends import Backends
+from dnd.backends.generators import GenerationRequest
+from dnd.backends.targets import TargetNetwork
+from dnd.cli import app
+from dnd.compare.readers import LabelRow, LabelSet
+from dnd.errors import DnDError
+from dnd.evaluate.cosy import CosyResult, evaluate_cosy, mean_activation_difference, roc_auc, write_results
+from dnd.store import write_model
+from tests.helpers import make_config, to_tensor, write_images
+
+LAYER = "features"
+Q = 30  # cosy.images_per_label in these tests
+PROBE_IMAGES = 60
+BATCH = 16  # probe.batch_size: the target network's batches
+GENERATE_BATCH = 7  # cosy.batch_size
+
+
+class PatternDetector(nn.Module):
+    """``features`` channel 0 = redness ``R − (G + B) / 2`` per pixel; channel 1 = ``|2×2 checkerboard filter|`` on
+    the grey image, ``|a − b − c + d| / 4`` per 2×2 window (0.5 on a black-and-white checkerboard, about 0.07 on
+    noise). Spatial means of both are the neurons' activations; ``forward_calls`` counts forward passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.register_buffer("checker", torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).view(1, 1, 2, 2) / 4)
+        self.forward_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forward_calls += 1
+        redness = x[:, 0] - (x[:, 1] + x[:, 2]) / 2  # [B, H, W]
+        checker = nn.functional.conv2d(x.mean(dim=1, keepdim=True), self.checker).abs()[:, 0]  # [B, H-1, W-1]
+        return self.features(torch.stack([redness[:, :-1, :-1], checker], dim=1))
+
+
+class PatternGenerator:
+    """Paints ``red patches`` (a red square on noise) or a ``checkerboard`` when the prompt names one, uniform noise
+    (like the probing images) otherwise; each image depends only on its request. Keeps every call."""
+
+    def __init__(self, name: str = "stub:patterns", size: int = 8) -> None:
+        self.name, self.size = name, size
+        self.calls: list[list[GenerationRequest]] = []
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Image.Image]:
+        self.calls.append(list(requests))
+        return [Image.fromarray(self._draw(request)) for request in requests]
+
+    def _draw(self, request: GenerationRequest) -> np.ndarray:
+        rng = np.random.default_rng(request.seed)
+        pixels = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
+        half = self.size // 2
+        if "red patches" in request.prompt:
+            x, y = rng.integers(0, half + 1, 2)
+            pixels[y : y + half, x : x + half] = (255, 0, 0)
+        elif "checkerboard" in request.prompt:
+            phase = rng.integers(0, 2)
+            rows, cols = np.indices((self.size, self.size))
+            pixels[:] = (((rows + cols + phase) % 2) * 255)[..., None].astype(np.uint8)
+        return pixels
+
+    @property
+    def requests(self) -> list[GenerationRequest]:
+        return [request for call in self.calls for request in call]
+
+
+def label_set(labels: dict[int, str], layer: str = LAYER) -> LabelSet:
+    rows = [LabelRow(layer=layer, unit=unit, labels=[label]) for unit, label in labels.items()]
+    return LabelSet(source="labels.csv", method="test", rows=rows)
+
+
+@pytest.fixture
+def evaluate(tmp_path):
+    """``evaluate(labels, generator, neurons=None) -> (result, network)`` over one probing folder and output folder."""
+    write_images(tmp_path / "probe", PROBE_IMAGES)
+    config = make_config(
+        tmp_path,
+        tmp_path / "probe",
+        f"probe.batch_size={BATCH}",
+        f"cosy.images_per_label={Q}",
+        f"cosy.batch_size={GENERATE_BATCH}",
+    )
+    network = PatternDetector()
+    target = TargetNetwork("patterns", network, to_tensor)
+
+    def run(labels: dict[int, str], generator: PatternGenerator, neurons: list[int] | None = None):
+        backends = Backends(config, target=target, generator=generator)
+        return evaluate_cosy(config, label_set(labels), LAYER, neurons, backends), network
+
+    return run
+
+
+# --- the metrics ----------------------------------------------------------------------------------------------------
+
+
+def test_auc_by_hand_with_ties_and_extremes():
+    def auc(synthetic: list[float], control: list[float]) -> float:
+        return roc_auc(torch.tensor(synthetic), torch.tensor(control)).item()
+
+    assert auc([3, 4], [1, 2]) == 1.0  # every synthetic image above every control image
+    assert auc([1, 2], [3, 4]) == 0.0
+    assert auc([2, 2], [2, 2, 2]) == 0.5  # all tied
+    assert auc([1, 3], [2, 0, 4, 2.5]) == 0.5  # 1 beats 0; 3 beats 0, 2, 2.5 → U = 4 of 8
+    # s=1: beats 0, ties none → 1; s=2: ties 2, 2 and beats 0 → 2; s=3: beats all three → 3; U = 6 of 9.
+    assert auc([1, 2, 3], [2, 2, 0]) == pytest.approx(2 / 3)
+    # Leading dimensions score several neurons at once, as the rows one by one.
+    # Row 2: s=1 beats 0 → 1; s=2 ties 2, 2 and beats 0 → 2; U = 3 of 6.
+    both = roc_auc(torch.tensor([[3.0, 4.0], [1.0, 2.0]]), torch.tensor([[1.0, 2.0, 2.0], [2.0, 2.0, 0.0]]))
+    assert both.tolist() == [1.0, 0.5]
+
+
+def test_auc_equals_sklearn_on_random_tied_values():
+    generator = torch.Generator().manual_seed(0)
+    synthetic = torch.randint(0, 6, (4, 25), generator=generator).float()  # few distinct values: many ties
+    control = torch.randint(0, 6, (4, 40), generator=generator).float()
+    ours = roc_auc(synthetic, control)
+    for row in range(4):
+        truth = np.r_[np.ones(25), np.zeros(40)]
+        scores = np.r_[synthetic[row].numpy(), control[row].numpy()]
+        assert ours[row].item() == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+
+
+def test_mad_by_hand():
+    def mad(synthetic: list[float], control: list[float]) -> float:
+        return mean_activation_difference(torch.tensor(synthetic), torch.tensor(control)).item()
+
+    assert mad([4, 6], [1, 2, 3]) == pytest.approx(3.0)  # (5 − 2) / 1, sample std of 1, 2, 3 is 1
+    assert mad([0], [1, 2, 3]) == pytest.approx(-2.0)
+    assert mad([2], [0, 2]) == pytest.approx(1 / math.sqrt(2))  # sample std √2, not the population's 1
+    assert math.isnan(mad([5], [3, 3, 3]))  # no spread in the control set: undefined
+    rows = mean_activation_difference(torch.tensor([[4.0, 6.0], [0.0, 0.0]]), torch.tensor([[1.0, 2, 3], [1, 2, 3]]))
+    assert rows.tolist() == pytest.approx([3.0, -2.0])
+
+
+# --- the evaluation -------------------------------------------------------------------------------------------------
+
+
+def test_right_label_near_one_wrong_label_near_half(evaluate):
+    right, _ = evaluate({0: "red patches", 1: "checkerboard"}, PatternGenerator())
+    assert [(n.unit, n.label) for n in right.neurons] == [(0, "red patches"), (1, "checkerboard")]
+    assert all(n.auc > 0.95 for n in right.neurons), right.neurons
+    assert all(n.mad > 3 for n in right.neurons), right.neurons
+    assert (right.n_control, right.images_per_label, right.generator) == (PROBE_IMAGES, Q, "stub:patterns")
+    assert right.prompt == "realistic photo of a close up of {description}"
+
+    wrong, _ = evaluate({0: "a cat", 1: "a cat"}, PatternGenerator())  # noise: looks like any probing image
+    assert all(0.35 < n.auc < 0.65 for n in wrong.neurons), wrong.neurons
+    assert all(abs(n.mad) < 1 for n in wrong.neurons), wrong.neurons
+
+    aucs = torch.tensor([n.auc for n in wrong.neurons], dtype=torch.float64)
+    assert wrong.auc.n == 2
+    assert wrong.auc.mean == pytest.approx(aucs.mean().item())
+    assert wrong.auc.median == pytest.approx(aucs.mean().item())  # the median of two values is their mean
+    assert wrong.auc.std == pytest.approx(aucs.std(correction=0).item())
+
+
+def test_images_made_once_per_distinct_label_then_reused(evaluate, tmp_path):
+    # Two neurons share one label: its Q images are generated once, in batches of cosy.batch_size.
+    stub = PatternGenerator()
+    first, network = evaluate({0: "checkerboard", 1: "checkerboard"}, stub)
+    assert len(stub.requests) == Q and len({r.seed for r in stub.requests}) == Q
+    assert [len(call) for call in stub.calls] == [7, 7, 7, 7, 2]
+    assert {r.prompt for r in stub.requests} == {"realistic photo of a close up of checkerboard"}
+    assert (first.images_generated, first.images_reused) == (Q, 0)
+    assert len(list((tmp_path / "outputs" / "images").rglob("*.png"))) == Q
+    # The probing set once (stage 1), then every synthetic image once, in probe.batch_size batches.
+    assert network.forward_calls == math.ceil(PROBE_IMAGES / BATCH) + math.ceil(Q / BATCH)
+
+    # A second evaluation generates nothing, reuses stage 1, and gives the same scores.
+    again = PatternGenerator()
+    passes = network.forward_calls
+    second, _ = evaluate({0: "checkerboard", 1: "checkerboard"}, again)
+    assert again.calls == []
+    assert (second.images_generated, second.images_reused) == (0, Q)
+    assert network.forward_calls - passes == math.ceil(Q / BATCH)  # only the synthetic images: stage 1 is reused
+    assert second.neurons == first.neurons
+
+    # A new label adds only its own images; another generator (a different name) makes its own.
+    third = PatternGenerator()
+    result, _ = evaluate({0: "red patches", 1: "checkerboard"}, third)
+    assert {r.prompt for r in third.requests} == {"realistic photo of a close up of red patches"}
+    assert (result.images_generated, result.images_reused) == (Q, Q)
+    other = PatternGenerator(name="stub:other")
+    evaluate({1: "checkerboard"}, other)
+    assert len(other.requests) == Q
+
+
+def test_neurons_without_labels_and_user_errors(evaluate, tmp_path):
+    result, _ = evaluate({0: "red patches"}, PatternGenerator(), neurons=[0, 1])
+    assert [n.unit for n in result.neurons] == [0] and result.unlabelled == [1]
+
+    with pytest.raises(DnDError, match=r"none of the requested neurons has a label in labels.csv \(layer features"):
+        evaluate({0: "red patches"}, PatternGenerator(), neurons=[1])
+    with pytest.raises(DnDError, match=r"labels units \[5\] of features, but this network's features has 2 neurons"):
+        evaluate({0: "red patches", 5: "sky"}, PatternGenerator())
+
+    stub = PatternGenerator()
+    backends = Backends(make_config(tmp_path, tmp_path / "probe"), generator=stub)
+    config = make_config(tmp_path, tmp_path / "probe", "cosy.prompt=a photo of {label}")
+    with pytest.raises(DnDError, match=r"must hold \{description\} and no other placeholder \(found: \{label\}\)"):
+        evaluate_cosy(config, label_set({0: "red"}), LAYER, None, backends)
+    with pytest.raises(DnDError, match="layer conv is not in labels.csv; it has: features"):
+        evaluate_cosy(make_config(tmp_path, tmp_path / "probe"), label_set({0: "red"}), "conv", None, backends)
+    assert stub.calls == []
+
+
+def test_results_files(evaluate, tmp_path):
+    result, _ = evaluate({0: "red patches", 1: "checkerboard"}, PatternGenerator())
+    result.neurons[1].mad = None  # as for a neuron constant on the control set
+    write_results(result, tmp_path / "cosy.csv")
+    lines = (tmp_path / "cosy.csv").read_text().splitlines()
+    assert lines[0] == "source,layer,unit,label,auc,mad"
+    assert lines[1].startswith(f"labels.csv,features,0,red patches,{result.neurons[0].auc},")
+    assert lines[2].endswith(",")
+
+    write_results(result, tmp_path / "cosy.json")
+    data = json.loads((tmp_path / "cosy.json").read_text())
+    assert data["neurons"][1]["mad"] is None and data["auc"]["n"] == 2
+    assert CosyResult.model_validate_json((tmp_path / "cosy.json").read_text()).neurons[0] == result.neurons[0]
+    with pytest.raises(DnDError, match="write results to a .csv"):
+        write_results(result, tmp_path / "cosy.txt")
+
+
+# --- the command ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch) -> tuple[Path, list[int]]:
+    """(config path, build_generator call counter): cifar_resnet20 with random weights over 12 images, and the
+    built-in generator replaced by a 32×32 stub."""
+    from dnd.models.cifar_resnet import cifar_resnet
+
+    weights = tmp_path / "resnet20.th"
+    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
+    write_images(tmp_path / "probe", 12, size=32)
+    config = {
+        "name": "cli",
+        "target": {"name": "cifar_resnet20", "weights": str(weights)},
+        "probe": {"kind": "folder", "path": str(tmp_path / "probe"), "batch_size": 8, "num_workers": 0},
+        "cosy": {"images_per_label": 3},
+        "output_dir": str(tmp_path / "outputs"),
+        "device": "cpu",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    built: list[int] = []
+
+    def build_generator(_config, _device):
+        built.append(1)
+        return PatternGenerator(size=32)
+
+    monkeypatch.setattr(dnd.backends.generators, "build_generator", build_generator)
+    return path, built
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, ["evaluate", "cosy", *map(str, args)])
+
+
+def test_cosy_command(cifar, tmp_path):
+    config, built = cifar
+    labels = tmp_path / "descriptions.csv"
+    labels.write_text("layer,unit,description,similarity\nlayer1,0,red patches,0.3\nlayer1,1,checkerboard,0.2\n")
+
+    result = invoke(labels, "--config", config, "--layer", "layer1", "--neurons", "0-2", "--out", tmp_path / "c.csv")
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "CoSy on layer1, 3 images per label vs 12 probing images" in output
+    assert "no label in descriptions.csv, not evaluated: 2" in output
+    assert "images: 6 generated, 0 reused" in output
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert [row.split(",")[2:4] for row in rows[1:]] == [["0", "red patches"], ["1", "checkerboard"]]
+    assert built == [1]
+
+    # Again, from one of our runs' score folders: every image is stored, so no generator is built.
+    run_folder = tmp_path / "score-0123"
+    write_model(
+        run_folder / "artifact.json",
+        Labels(
+            layer="layer1",
+            function="f",
+            neurons=[NeuronLabels(neuron=0, labels=["red patches"]), NeuronLabels(neuron=1, labels=["checkerboard"])],
+        ),
+    )
+    result = invoke(run_folder, "--config", config, "--layer", "layer1", "--out", tmp_path / "c.json")
+    assert result.exit_code == 0, result.output
+    assert "images: 0 generated, 6 reused" in " ".join(result.output.split()) and built == [1]
+    assert [n["label"] for n in json.loads((tmp_path / "c.json").read_text())["neurons"]] == [
+        "red patches",
+        "checkerboard",
+    ]
+
+
+def test_cosy_command_errors_and_help(cifar, tmp_path):
+    config, built = cifar
+    labels = tmp_path / "net_layer1.csv"
+    labels.write_text("Neuron ID,label\n0,red patches\n16,sky\n")
+
+    def error(*args: object) -> str:
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        return " ".join(result.output.split())
+
+    assert "missing.csv cannot be read: no such file" in error(tmp_path / "missing.csv", "-c", config, "-l", "layer1")
+    assert "layer layer2 is not in" in error(labels, "-c", config, "-l", "layer2")
+    assert "labels units [16] of layer1, but this network's layer1 has 16 neurons (0-15)" in error(
+        labels, "-c", config, "-l", "layer1"
+    )
+    assert "write results to a .csv" in error(labels, "-c", config, "-l", "layer1", "--out", tmp_path / "x.txt")
+    assert built == []
+
+    result = invoke("--help")
+    assert result.exit_code == 0 and "Example: dnd evaluate cosy" in result.output
