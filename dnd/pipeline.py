@@ -119,9 +119,9 @@ class StageContext:
 
 def available_stages() -> list[StageSpec]:
     """The stages implemented so far, in method order."""
-    from dnd.stages import caption, crop, record, summarize, synthesize
+    from dnd.stages import caption, crop, record, score, summarize, synthesize
 
-    return [record.SPEC, crop.SPEC, caption.SPEC, summarize.SPEC, synthesize.SPEC]
+    return [record.SPEC, crop.SPEC, caption.SPEC, summarize.SPEC, synthesize.SPEC, score.SPEC]
 
 
 class Pipeline:

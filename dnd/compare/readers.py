@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from dnd.artifacts import Labels
 from dnd.errors import DnDError
+from dnd.store import ARTIFACT_FILE, read_model
 
 _QUOTES = "\"'"
 _GLOB_CHARS = "*?["
@@ -142,14 +144,31 @@ def read_netdissect(path: str | Path, layer: str | None = None) -> LabelSet:
 
 
 def read_run_labels(folder: Path) -> LabelSet:
-    """Labels of one of our runs: the folder of a finished score stage (stage 6, ``Labels`` artifact).
-
-    Stage 6 is not built yet; once its artifact exists this converts it (Label 1–3 per neuron) into a LabelSet.
-    """
-    raise DnDError(
-        f"{folder} is a folder: reading our own runs' labels needs the score stage (stage 6), which is not "
-        f"available yet. Pass a label file (CSV) instead."
-    )
+    """Labels of one of our runs: the folder of a finished score stage (``<output_dir>/<run>/<layer>/score-<key>/``,
+    holding a ``Labels`` artifact). Each neuron's row has its labels best first and Label 1's score; a failed neuron
+    becomes a warning with its reason."""
+    path = folder / ARTIFACT_FILE
+    if not path.is_file():
+        raise DnDError(
+            f"{folder} is a folder without {ARTIFACT_FILE}: reading a run's labels needs the score stage's folder "
+            f"(<output_dir>/<run>/<layer>/score-<key>/, shown by `dnd status`), or pass a label file (CSV)"
+        )
+    try:
+        labels = read_model(path, Labels)
+    except ValidationError:
+        raise DnDError(
+            f"{path} is not the artifact of a score stage (stage 6 labels); pass a score-<key> folder"
+        ) from None
+    rows: list[LabelRow] = []
+    warnings: list[str] = []
+    for entry in labels.neurons:
+        if entry.failed is not None or not entry.labels:
+            reason = entry.failed or "none kept"
+            warnings.append(f"{folder.name}: unit {entry.neuron} of {labels.layer} has no label: {reason}")
+            continue
+        score = entry.scores[0].score if entry.scores else None
+        rows.append(LabelRow(layer=labels.layer, unit=entry.neuron, labels=entry.labels, score=score))
+    return LabelSet(source=str(folder), method="dnd", rows=rows, warnings=warnings)
 
 
 # --- formats ------------------------------------------------------------------------------------------------
