@@ -33,6 +33,7 @@ from dnd.store import (
     atomic_write_text,
     canonical_json,
     content_key,
+    read_model,
     write_model,
 )
 
@@ -53,6 +54,9 @@ class StageSpec:
     prompts: tuple[str, ...] = ()
     extra_inputs: Callable[[StageContext], dict[str, Any]] | None = None
     per_neuron: bool = False  # its artifact is a PerNeuronArtifact, extended neuron by neuron
+    #: Refreshes files beside the run (e.g. CSV exports) from this stage's output, fresh or cached, whenever a run
+    #: ends at this stage, so they always match the config that ran last.
+    publish: Callable[[StageContext, str, BaseModel], None] | None = None
 
 
 @dataclass
@@ -208,7 +212,12 @@ class Pipeline:
                     jobs.append(job)
             if jobs:
                 spec.run(self.context, jobs)
-        return {layer: self.store.stage_dir(layer, stage, self.key(stage, layer)) for layer in layers}
+        folders = {layer: self.store.stage_dir(layer, stage, self.key(stage, layer)) for layer in layers}
+        publish = self.stages[stage].publish
+        if publish is not None:
+            for layer, folder in folders.items():
+                publish(self.context, layer, read_model(folder / ARTIFACT_FILE, self.stages[stage].artifact))
+        return folders
 
     def _requested_neurons(self, layer: str, neurons: list[int] | None) -> list[int]:
         """``neurons`` checked against the layer's size (known once it is recorded); None means all of them."""

@@ -12,8 +12,9 @@ interpretability score) are in :mod:`dnd.scoring`; this module gathers their inp
   and ``clip-texts``, stored batch by batch, so a re-run or a killed run embeds only what is missing, and CLIP is
   loaded only then.
 
-After the artifact is stored, the layer's exports ``descriptions.csv`` and ``final_results.csv``
-(:mod:`dnd.export`) are rewritten beside the run: ``<output_dir>/<run name>/<layer>/``. The manifest counts the
+Whenever a run ends at this stage (computed or cached), the layer's exports ``descriptions.csv`` and
+``final_results.csv`` (:mod:`dnd.export`) are rewritten beside the run, ``<output_dir>/<run name>/<layer>/``, so they
+always match the config that ran last. The manifest counts the
 ``generated_images`` (unique), ``target_passes`` over them (one per layer) and ``target_batches``, the images and
 texts CLIP embedded, its ``clip_calls`` (batches) and ``clip_cache_hits``, and ``failed_neurons``.
 """
@@ -94,7 +95,7 @@ def run(ctx: StageContext, jobs: list[StageJob]) -> None:
         # 5. Score every neuron with dnd.scoring; the failed ones keep their reason.
         neurons = [NeuronLabels(neuron=neuron, failed=reason) for neuron, reason in failed.items()]
         neurons += [candidate.label(clip, settings) for candidate in scorable.values()]
-        # 6. Store the artifact beside the neurons of earlier runs, then export the merged labels of the layer.
+        # 6. Store the artifact beside the neurons of earlier runs (the pipeline then publishes the exports).
         counts = {
             "generated_images": len(unique),
             "target_passes": int(activations.batches > 0),
@@ -105,7 +106,6 @@ def run(ctx: StageContext, jobs: list[StageJob]) -> None:
         neurons.sort(key=lambda entry: entry.neuron)
         artifact = Labels(layer=job.layer, function=settings.function, neurons=neurons)
         ctx.write_per_neuron(job, artifact, time.perf_counter() - started, counts)
-        write_exports(ctx.store.load(job.layer, SPEC.name, job.key, Labels), ctx.store.root / job.layer)
 
 
 @dataclass
@@ -332,6 +332,10 @@ class _ClipInputs:
         return content_key({"clip": self.model, "text": text})
 
 
+def _publish(ctx: StageContext, layer: str, labels: Labels) -> None:
+    write_exports(labels, ctx.store.root / layer)
+
+
 SPEC = StageSpec(
     name="score",
     version=1,
@@ -340,4 +344,5 @@ SPEC = StageSpec(
     run=run,
     artifact=Labels,
     per_neuron=True,
+    publish=_publish,
 )

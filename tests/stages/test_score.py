@@ -301,3 +301,14 @@ def test_dnd_compare_reads_the_score_folder(tmp_path, mixer):
     ]
     reason = "synthesize stage failed: summarize stage failed: no valid concept"
     assert label_set.warnings == [f"{folder.name}: unit 2 of head has no label: {reason}"]
+
+
+def test_exports_follow_the_config_that_ran_last_even_when_cached(tmp_path, mixer):
+    Run(tmp_path, mixer).score()
+    exported = (Run(tmp_path, mixer).layer_dir / "descriptions.csv").read_text()
+    Run(tmp_path, mixer, "score.function=mean_rank").score()
+    assert (Run(tmp_path, mixer).layer_dir / "descriptions.csv").read_text() != exported
+
+    labels, _, forward_calls = Run(tmp_path, mixer).score()  # the first config again: every stage is cached
+    assert forward_calls == 0
+    assert (Run(tmp_path, mixer).layer_dir / "descriptions.csv").read_text() == exported == DESCRIPTIONS
