@@ -1,14 +1,16 @@
 # Short aliases. Every target sets up the virtual environment on first use (pip + venv).
-#   make describe [CONFIG=configs/offline.yaml] [LAYER=blocks.10] [NEURONS=0-63]
+#   make describe LAYER=layer3 [CONFIG=configs/resnet50_imagenet.yaml] [NEURONS=0-63] [ARGS="--set probe.path=..."]
+#   make describe CONFIG=configs/offline.yaml        (no network needed)
 #   make test | make bench | make lint | make clean
 
 PYTHON ?= python3
 VENV ?= .venv
 # torch and torchvision first, so pip keeps this build; override for another platform or CUDA version.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-CONFIG ?= configs/offline.yaml
+CONFIG ?= configs/resnet50_imagenet.yaml
 LAYER ?=
 NEURONS ?=
+ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 describe: $(STAMP)
-	$(BIN)/dnd describe --config $(CONFIG) $(if $(LAYER),--layer $(LAYER)) $(if $(NEURONS),--neurons $(NEURONS))
+	$(BIN)/dnd describe --config $(CONFIG) $(if $(LAYER),--layer $(LAYER)) $(if $(NEURONS),--neurons $(NEURONS)) $(ARGS)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
