@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from dnd import __version__
-from dnd.artifacts import PerNeuronArtifact, TopImages
+from dnd.artifacts import NeuronResult, PerNeuronArtifact, TopImages
 from dnd.backends import Backends
 from dnd.config import RunConfig, key_fields
 from dnd.data import ProbeSet, open_probe
@@ -119,6 +119,37 @@ class StageContext:
             "counts": counts,
         }
         atomic_write_text(out_dir / MANIFEST_FILE, canonical_json(manifest))
+
+
+EntryT = TypeVar("EntryT", bound=NeuronResult)
+
+
+def split_upstream(
+    job: StageJob,
+    stage: str,
+    artifact_type: type[PerNeuronArtifact],
+    content: Callable[[Any], object],
+    missing: str,
+) -> tuple[dict[int, Any], dict[int, str]]:
+    """The job's neurons in the output of upstream ``stage``: ``(usable entry, reason the neuron stops)`` by neuron.
+
+    A neuron that failed there is carried on with that reason behind the stage's name ("caption stage failed: ..."),
+    so a failure travels to the last stage with its cause; one whose ``content(entry)`` is empty stops with ``missing``.
+    """
+    entries = {entry.neuron: entry for entry in read_model(job.upstream[stage] / ARTIFACT_FILE, artifact_type).neurons}
+    usable: dict[int, Any] = {}
+    failed: dict[int, str] = {}
+    for neuron in sorted(job.neurons or []):
+        entry = entries.get(neuron)
+        if entry is None:
+            failed[neuron] = f"{stage} stage has no entry for this neuron"
+        elif entry.failed is not None:
+            failed[neuron] = f"{stage} stage failed: {entry.failed}"
+        elif not content(entry):
+            failed[neuron] = missing
+        else:
+            usable[neuron] = entry
+    return usable, failed
 
 
 def available_stages() -> list[StageSpec]:

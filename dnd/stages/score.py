@@ -42,13 +42,13 @@ from dnd.backends.targets import summarize
 from dnd.config import ScoreConfig
 from dnd.data import ProbeSet, UnreadableImage, batch_loader, open_rgb
 from dnd.export import write_exports
-from dnd.pipeline import StageContext, StageJob, StageSpec
+from dnd.pipeline import StageContext, StageJob, StageSpec, split_upstream
 from dnd.progress import track
 from dnd.scoring import RankedImages, label_neuron, rank_pool
 from dnd.stages.caption import pixel_hash
 from dnd.stages.crop import render_exemplar
 from dnd.stages.synthesize import image_store
-from dnd.store import ARTIFACT_FILE, ImageStore, ItemCache, content_key, read_model
+from dnd.store import ImageStore, ItemCache, content_key
 
 IMAGE_CACHE = "clip-images"
 TEXT_CACHE = "clip-texts"
@@ -143,25 +143,19 @@ class _Candidate:
 
 def _read_upstream(job: StageJob) -> tuple[dict[int, str], dict[int, _Candidate]]:
     """``(failure reason by neuron, scorable neurons)`` for ``job.neurons``, from stages 5 and 2."""
-    generations = read_model(job.upstream["synthesize"] / ARTIFACT_FILE, Generations)
-    exemplars = read_model(job.upstream["crop"] / ARTIFACT_FILE, Exemplars)
-    generated_of = {entry.neuron: entry for entry in generations.neurons}
-    exemplars_of = {entry.neuron: entry for entry in exemplars.neurons}
-    failed: dict[int, str] = {}
-    scorable: dict[int, _Candidate] = {}
-    for neuron in sorted(job.neurons or []):
-        generated, chosen = generated_of[neuron], exemplars_of[neuron]
-        if generated.failed is not None:
-            failed[neuron] = f"synthesize stage failed: {generated.failed}"
-        elif chosen.failed is not None:
-            failed[neuron] = f"crop stage failed: {chosen.failed}"
-        elif not generated.concepts:
-            failed[neuron] = "no candidate concepts to score (stage 5 lists none)"
-        elif not chosen.exemplars:
-            failed[neuron] = "no exemplars to compare generated images with (stage 2 kept none)"
-        else:
-            scorable[neuron] = _Candidate(generated, chosen)
-    return failed, scorable
+    generated, synthesis_failed = split_upstream(
+        job, "synthesize", Generations, lambda e: e.concepts, "no candidate concepts to score (stage 5 lists none)"
+    )
+    chosen, crop_failed = split_upstream(
+        job,
+        "crop",
+        Exemplars,
+        lambda e: e.exemplars,
+        "no exemplars to compare generated images with (stage 2 kept none)",
+    )
+    failed = {**crop_failed, **synthesis_failed}  # where both failed, stage 5's reason (which carries its cause) wins
+    scorable = {neuron: _Candidate(generated[neuron], chosen[neuron]) for neuron in generated if neuron in chosen}
+    return dict(sorted(failed.items())), scorable
 
 
 def _lost_generated(store: ImageStore, lost: list[str], errors: dict[str, str]) -> str:

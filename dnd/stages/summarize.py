@@ -32,8 +32,8 @@ from dnd.artifacts import Captions, Concepts, NeuronConcepts, TokenUsage
 from dnd.backends.llms import ChatReply, ChatRequest
 from dnd.config import SummarizeConfig
 from dnd.errors import DnDError
-from dnd.pipeline import StageContext, StageJob, StageSpec
-from dnd.store import ARTIFACT_FILE, content_key, read_model
+from dnd.pipeline import StageContext, StageJob, StageSpec, split_upstream
+from dnd.store import content_key
 
 SIMPLIFY_PROMPT = "simplify_caption.md"
 SUMMARY_PROMPT = "summarize_concepts.md"
@@ -299,17 +299,12 @@ def _summarize_layer(ctx: StageContext, job: StageJob, simplify: ChatTemplate, s
     started = time.perf_counter()
     config = ctx.config.summarize
     asker = _Asker(ctx)
-    results: dict[int, NeuronConcepts] = {}
-    # 1. Each neuron's captions; neurons whose captioning failed are carried over as failed.
-    upstream = {entry.neuron: entry for entry in read_model(job.upstream["caption"] / ARTIFACT_FILE, Captions).neurons}
-    captions: dict[int, list[str]] = {}
-    for neuron in job.neurons or []:
-        entry = upstream.get(neuron)
-        if entry is None or entry.failed or not entry.captions:
-            reason = f"captioning failed: {entry.failed}" if entry and entry.failed else "no captions for this neuron"
-            results[neuron] = NeuronConcepts(neuron=neuron, failed=reason)
-        else:
-            captions[neuron] = [caption.text for caption in entry.captions]
+    # 1. Each neuron's captions; neurons that failed upstream are carried over as failed.
+    usable, failed = split_upstream(
+        job, "caption", Captions, lambda entry: entry.captions, "no captions for this neuron"
+    )
+    results: dict[int, NeuronConcepts] = {n: NeuronConcepts(neuron=n, failed=reason) for n, reason in failed.items()}
+    captions = {neuron: [caption.text for caption in entry.captions] for neuron, entry in usable.items()}
     # 2. Shorten every distinct caption once; a caption that could not be shortened is used as it is.
     shortened: dict[str, _Outcome] = {}
     if config.simplify_captions:

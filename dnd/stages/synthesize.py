@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from dnd.artifacts import ConceptImages, Concepts, Generations, NeuronGenerations
 from dnd.backends.generators import GenerationRequest
 from dnd.errors import DnDError
-from dnd.pipeline import StageContext, StageJob, StageSpec
+from dnd.pipeline import StageContext, StageJob, StageSpec, split_upstream
 from dnd.progress import track
-from dnd.store import ARTIFACT_FILE, ImageStore, content_key, read_model
+from dnd.store import ImageStore, content_key
 
 if TYPE_CHECKING:
     from dnd.backends import Backends
@@ -127,19 +127,10 @@ def _synthesize_layer(ctx: StageContext, job: StageJob, template: str) -> None:
     config = ctx.config.synthesize
     name = ctx.backends.generator_name()
     store = image_store(ctx)
-    results: dict[int, NeuronGenerations] = {}
-    # 1. Each neuron's candidate concepts; neurons whose summary failed are carried over as failed.
-    upstream = {
-        entry.neuron: entry for entry in read_model(job.upstream["summarize"] / ARTIFACT_FILE, Concepts).neurons
-    }
-    concepts: dict[int, list[str]] = {}
-    for neuron in job.neurons or []:
-        entry = upstream.get(neuron)
-        if entry is None or entry.failed or not entry.concepts:
-            reason = f"summarizing failed: {entry.failed}" if entry and entry.failed else "no candidate concepts"
-            results[neuron] = NeuronGenerations(neuron=neuron, failed=reason)
-        else:
-            concepts[neuron] = entry.concepts
+    # 1. Each neuron's candidate concepts; neurons that failed upstream are carried over as failed.
+    usable, failed = split_upstream(job, "summarize", Concepts, lambda entry: entry.concepts, "no candidate concepts")
+    results = {neuron: NeuronGenerations(neuron=neuron, failed=reason) for neuron, reason in failed.items()}
+    concepts: dict[int, list[str]] = {neuron: entry.concepts for neuron, entry in usable.items()}
     # 2. Q requests per distinct concept of the layer, each under the key of everything that makes its pixels.
     distinct = dict.fromkeys(concept for labels in concepts.values() for concept in labels)
     prompts = {concept: template.format(concept=concept) for concept in distinct}

