@@ -69,3 +69,27 @@ def make_config(tmp_path: Path, probe_path: Path, *overrides: str) -> RunConfig:
 
 def backends_for(config: RunConfig, target: TargetNetwork) -> Backends:
     return Backends(config, target=target)
+
+
+def write_cifar_config(tmp_path: Path, **sections: dict) -> Path:
+    """A YAML config for the built-in cifar_resnet20 with random weights over 12 random 32×32 images, writing under
+    ``tmp_path``; each keyword updates that config section (e.g. ``record={"top_k": 4}``). Returns its path."""
+    import yaml
+
+    from dnd.models.cifar_resnet import cifar_resnet
+
+    weights = tmp_path / "resnet20.th"
+    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
+    write_images(tmp_path / "probe", 12, size=32)
+    config: dict = {
+        "name": "cli",
+        "target": {"name": "cifar_resnet20", "weights": str(weights)},
+        "probe": {"kind": "folder", "path": str(tmp_path / "probe"), "batch_size": 5, "num_workers": 0},
+        "output_dir": str(tmp_path / "outputs"),
+        "device": "cpu",
+    }
+    for section, values in sections.items():
+        config[section] = {**config[section], **values} if isinstance(config.get(section), dict) else values
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

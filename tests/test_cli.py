@@ -5,36 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 from typer.testing import CliRunner
 
 from dnd.cli import app, parse_neurons
 from dnd.errors import DnDError
-from tests.helpers import write_images
+from tests.helpers import write_cifar_config
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def cifar_config(tmp_path) -> Path:
-    """A config for cifar_resnet20 with random weights over 12 tiny images, writing under tmp_path."""
-    from dnd.models.cifar_resnet import cifar_resnet
-
-    weights = tmp_path / "resnet20.th"
-    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
-    write_images(tmp_path / "probe", 12, size=32)
-    config = {
-        "name": "cli",
-        "target": {"name": "cifar_resnet20", "weights": str(weights)},
-        "probe": {"kind": "folder", "path": str(tmp_path / "probe"), "batch_size": 5, "num_workers": 0},
-        "layers": ["layer3"],
-        "record": {"top_k": 4},
-        "output_dir": str(tmp_path / "outputs"),
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_cifar_config(tmp_path, layers=["layer3"], record={"top_k": 4})
 
 
 def invoke(*args: str):

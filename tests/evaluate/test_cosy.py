@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -29,7 +28,7 @@ from dnd.compare.readers import LabelRow, LabelSet
 from dnd.errors import DnDError
 from dnd.evaluate.cosy import CosyResult, evaluate_cosy, mean_activation_difference, roc_auc, write_results
 from dnd.store import write_model
-from tests.helpers import make_config, to_tensor, write_images
+from tests.helpers import make_config, to_tensor, write_cifar_config, write_images
 
 LAYER = "features"
 Q = 30  # cosy.images_per_label in these tests
@@ -250,21 +249,7 @@ def test_results_files(evaluate, tmp_path):
 def cifar(tmp_path, monkeypatch) -> tuple[Path, list[int]]:
     """(config path, build_generator call counter): cifar_resnet20 with random weights over 12 images, and the
     built-in generator replaced by a 32×32 stub."""
-    from dnd.models.cifar_resnet import cifar_resnet
-
-    weights = tmp_path / "resnet20.th"
-    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
-    write_images(tmp_path / "probe", 12, size=32)
-    config = {
-        "name": "cli",
-        "target": {"name": "cifar_resnet20", "weights": str(weights)},
-        "probe": {"kind": "folder", "path": str(tmp_path / "probe"), "batch_size": 8, "num_workers": 0},
-        "cosy": {"images_per_label": 3},
-        "output_dir": str(tmp_path / "outputs"),
-        "device": "cpu",
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_cifar_config(tmp_path, probe={"batch_size": 8}, cosy={"images_per_label": 3})
     built: list[int] = []
 
     def build_generator(_config, _device):
