@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,9 @@ from typer.testing import CliRunner
 
 from dnd.cli import app, parse_neurons
 from dnd.errors import DnDError
-from tests.helpers import write_cifar_config
+from tests.helpers import write_cifar_config, write_images
 
+ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -79,3 +81,23 @@ def test_parse_neurons():
     for bad in ("a-b", "5-2", "-1"):
         with pytest.raises(DnDError):
             parse_neurons(bad)
+
+
+def test_paper_config_without_hub_access_fails_fast_naming_the_model(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached
+    probe = tmp_path / "probe"
+    write_images(probe, 2)
+    started = time.perf_counter()
+    result = invoke(
+        "describe",
+        "--config",
+        ROOT / "configs/resnet50_imagenet.yaml",
+        "--set",
+        f"probe.path={probe}",
+        "--set",
+        f"output_dir={tmp_path / 'outputs'}",
+    )
+    assert time.perf_counter() - started < 15
+    assert result.exit_code == 2
+    assert "could not fetch the pretrained weights of resnet50" in result.output
+    assert "configs/offline.yaml" in result.output and "Traceback" not in result.output
