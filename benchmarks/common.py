@@ -24,6 +24,17 @@ def best_seconds(work: Callable[[], object], repeats: int = 3) -> float:
     return min(timings)
 
 
+def best_of_interleaved(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The fastest of ``repeats`` timed runs of each work, the works taking turns within every repeat."""
+    best = dict.fromkeys(works, float("inf"))
+    for _ in range(repeats):
+        for name, work in works.items():
+            started = time.perf_counter()
+            work()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak resident memory of this process (CPU) or peak allocated memory (CUDA), in MiB."""
     if device.type == "cuda":
