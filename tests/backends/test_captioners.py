@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import string
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ from PIL import Image
 
 from dnd.backends.captioners import BlipCaptioner, build_captioner, captioner_name
 from dnd.config import CaptionConfig
-from dnd.errors import DnDError, ModelLoadError
+from dnd.errors import DnDError
 from tests.tiny_models import BLIP_VOCAB, tiny_blip, tiny_blip2
 
 
@@ -70,18 +68,6 @@ def test_name_holds_every_setting_that_changes_the_text(blip_folder):
     }
     assert len(names) == 5
     assert captioner_name(config.model_copy(update={"batch_size": 2})) == captioner.name
-
-
-def test_uncached_hub_model_offline_is_a_clear_error():
-    assert os.environ["HF_HUB_OFFLINE"] == "1"  # conftest sets it before huggingface_hub reads it (at import)
-    started = time.perf_counter()
-    with pytest.raises(ModelLoadError) as error:
-        BlipCaptioner(CaptionConfig(model="dnd-tests/no-such-blip"), "cpu")
-    assert time.perf_counter() - started < 5
-    message = str(error.value)
-    assert "'dnd-tests/no-such-blip'" in message
-    assert "set caption.model to a local folder" in message.lower()
-    assert "hub access" in message
 
 
 def test_a_folder_holding_another_model_type_is_rejected(tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -101,18 +99,6 @@ def test_fp16_loads_a_model_without_fp16_weight_files_by_casting(sd_folder):
     assert not list(sd_folder.rglob("*.fp16.*"))
     pipeline = load_pipeline(str(sd_folder), torch.float16)
     assert pipeline.unet.dtype == pipeline.vae.dtype == pipeline.text_encoder.dtype == torch.float16
-
-
-def test_uncached_hub_model_offline_is_a_clear_error():
-    assert os.environ["HF_HUB_OFFLINE"] == "1"  # conftest sets it before huggingface_hub reads it (at import)
-    started = time.perf_counter()
-    with pytest.raises(ModelLoadError) as error:
-        DiffusersGenerator(SynthesizeConfig(model="dnd-tests/no-such-diffusion"), "cpu")
-    assert time.perf_counter() - started < 5
-    message = str(error.value)
-    assert "'dnd-tests/no-such-diffusion'" in message
-    assert "set synthesize.model to a local folder" in message.lower()
-    assert "hub access" in message
 
 
 def test_a_folder_without_a_pipeline_is_a_clear_error(tmp_path):

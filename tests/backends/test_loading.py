@@ -1,0 +1,41 @@
+"""Every backend that loads from the Hugging Face hub fails fast offline, naming the model and the fix."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from dnd.backends.captioners import BlipCaptioner
+from dnd.backends.embedders import ClipEmbedder, SentenceEmbedder
+from dnd.backends.generators import DiffusersGenerator
+from dnd.backends.llms import LocalConceptLLM
+from dnd.config import CaptionConfig, SynthesizeConfig
+from dnd.errors import ModelLoadError
+
+CPU = torch.device("cpu")
+BACKENDS = {
+    "captioner": (lambda model: BlipCaptioner(CaptionConfig(model=model), CPU), "set caption.model to a local folder"),
+    "generator": (
+        lambda model: DiffusersGenerator(SynthesizeConfig(model=model), CPU),
+        "set synthesize.model to a local folder",
+    ),
+    "chat model": (lambda model: LocalConceptLLM(model, CPU, 1), "set summarize.local_model to a downloaded"),
+    "clip": (lambda model: ClipEmbedder("clip", model, CPU, 1), "--embedder minilm"),
+    "sentence embedder": (lambda model: SentenceEmbedder("mpnet", model, CPU, 1), "--embedder minilm"),
+}
+
+
+@pytest.mark.parametrize("role", list(BACKENDS))
+def test_an_uncached_hub_model_offline_is_a_clear_error(role):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # conftest sets it before huggingface_hub reads it (at import)
+    build, fix = BACKENDS[role]
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError) as error:
+        build("dnd-tests/no-such-model")
+    assert time.perf_counter() - started < 5
+    message = str(error.value)
+    assert "could not load the" in message and "'dnd-tests/no-such-model'" in message
+    assert fix in message.lower()
