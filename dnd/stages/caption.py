@@ -14,7 +14,7 @@ import time
 
 from PIL import Image
 
-from dnd.artifacts import Caption, Captions, ExemplarImage, Exemplars, NeuronCaptions, NeuronExemplars
+from dnd.artifacts import Caption, Captions, CropBox, ExemplarImage, Exemplars, NeuronCaptions, NeuronExemplars
 from dnd.data import UnreadableImage
 from dnd.pipeline import StageContext, StageJob, StageSpec
 from dnd.progress import track
@@ -84,7 +84,7 @@ class _ImageKeys:
         self.sources: dict[str, ExemplarImage] = {}  # cache key -> an exemplar with these pixels
         self.keys: dict[int, list[str]] = {}  # neuron -> cache key of each of its exemplars
         self.failed: dict[int, str] = {}  # neuron -> why it has no captions
-        self._rendered: dict[tuple[int, tuple[int, int, int, int] | None], str] = {}  # exemplar -> cache key
+        self._rendered: dict[tuple[int, CropBox | None], str] = {}  # exemplar -> cache key
         self._unreadable: dict[int, str] = {}  # probe index -> error
 
     def add(self, entry: NeuronExemplars) -> None:
@@ -126,8 +126,7 @@ class _ImageKeys:
         """The cache key of ``exemplar``'s pixels; raises :class:`UnreadableImage` when its image cannot be read."""
         if exemplar.probe_index in self._unreadable:
             raise UnreadableImage(self._unreadable[exemplar.probe_index])
-        box = exemplar.box
-        identity = (exemplar.probe_index, None if box is None else (box.x0, box.y0, box.x1, box.y1))
+        identity = (exemplar.probe_index, exemplar.box)  # CropBox is frozen, so hashable
         if identity not in self._rendered:
             try:
                 image = self._render(exemplar)

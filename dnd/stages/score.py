@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from dnd.artifacts import (
+    CropBox,
     ExemplarImage,
     Exemplars,
     Generations,
@@ -278,13 +279,12 @@ class _ClipInputs:
             ctx.cache(IMAGE_CACHE), lambda images: ctx.backends.clip.embed_images(images), batch_size
         )
         self.texts = _CachedEmbeddings(ctx.cache(TEXT_CACHE), lambda texts: ctx.backends.clip.embed(texts), batch_size)
-        self._exemplar_keys: dict[tuple[int, tuple[int, int, int, int] | None], str] = {}
+        self._exemplar_keys: dict[tuple[int, CropBox | None], str] = {}
 
     def add_exemplar(self, exemplar: ExemplarImage) -> str:
         """The embedding key of ``exemplar``'s pixels (rendered once per distinct exemplar); raises
         :class:`UnreadableImage` when its probe image cannot be read."""
-        box = exemplar.box
-        identity = (exemplar.probe_index, None if box is None else (box.x0, box.y0, box.x1, box.y1))
+        identity = (exemplar.probe_index, exemplar.box)  # CropBox is frozen, so hashable
         if identity not in self._exemplar_keys:
             image = render_exemplar(self.ctx.probe, self.ctx.backends.target, exemplar)
             key = content_key({"clip": self.model, "image": pixel_hash(image)})
