@@ -28,20 +28,17 @@ import string
 from pathlib import Path
 
 import torch
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from dnd.backends import Backends
-from dnd.backends.targets import TargetNetwork, summarize
 from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
-from dnd.data import UnreadableImage, open_rgb
 from dnd.errors import DnDError
 from dnd.pipeline import Pipeline
-from dnd.progress import track
 from dnd.stages.record import load_activations
+from dnd.stages.score import StoredActivations
 from dnd.stages.synthesize import generate_missing, image_store, plan_images
-from dnd.store import ImageStore, atomic_write_text
+from dnd.store import atomic_write_text
 
 #: The placeholder ``cosy.prompt`` must hold.
 PLACEHOLDER = "description"
@@ -179,9 +176,16 @@ def evaluate_cosy(
     requests, keys_of = plan_images(prompts, config.cosy.images_per_label, config.seed, backends.generator_name())
     generated, _calls = generate_missing(store, backends, requests, config.cosy.batch_size, f"cosy {layer}: generate")
     # 4. The layer's activations on every synthetic image [n_synthetic, n_neurons], in one batched pass.
-    keys = list(requests)
-    synthetic = _activations(backends.target, layer, store, keys, config)
-    row_of = {key: row for row, key in enumerate(keys)}
+    computed = StoredActivations.compute(
+        pipeline.context, layer, store, list(requests), config.probe.batch_size, f"cosy {layer}: target network"
+    )
+    if computed.errors:
+        key, error = next(iter(computed.errors.items()))
+        raise DnDError(
+            f"generated image {store.path(key)} is unreadable ({error}): delete it and evaluate again to generate it "
+            f"anew"
+        )
+    synthetic, row_of = computed.values, computed.rows
     # 5. Per neuron, its own label's images against the control set, every neuron in one tensor operation.
     units = torch.tensor(chosen)
     images = torch.tensor([[row_of[key] for key in keys_of[label_of[n]]] for n in chosen])  # [n_chosen, Q]
@@ -235,35 +239,6 @@ def _check_fit(labels: LabelSet, layer: str, chosen: list[int], control: torch.T
         raise DnDError(
             f"the probing set has {n_images} readable image(s); the control set needs at least {MIN_CONTROL_IMAGES}"
         )
-
-
-def _activations(
-    target: TargetNetwork, layer: str, store: ImageStore, keys: list[str], config: RunConfig
-) -> torch.Tensor:
-    """``layer``'s summaries ``[len(keys), n_neurons]`` on the stored images ``keys``, reduced and run exactly as
-    stage 1 ran the control set (preprocessing, ``record.summary`` / ``record.tokens``, autocast)."""
-    record = config.record
-    autocast = record.autocast and target.device.type == "cuda"
-
-    def reduce(_layer: str, output: torch.Tensor) -> torch.Tensor:
-        return summarize(output, record.summary, record.tokens)
-
-    size = config.probe.batch_size
-    parts = []
-    for start in track(range(0, len(keys), size), f"cosy {layer}: target network"):
-        pixels = torch.stack([target.preprocess(_load(store, key)) for key in keys[start : start + size]])
-        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
-            parts.append(target.capture(pixels.to(target.device), [layer], reduce)[layer].float().cpu())
-    return torch.cat(parts)
-
-
-def _load(store: ImageStore, key: str) -> Image.Image:
-    try:
-        return open_rgb(store.path(key))
-    except UnreadableImage as exc:
-        raise DnDError(
-            f"generated image {store.path(key)} is unreadable ({exc}): delete it and evaluate again to generate it anew"
-        ) from None
 
 
 # --- output -------------------------------------------------------------------------------------------------------

@@ -65,7 +65,9 @@ def run(ctx: StageContext, jobs: list[StageJob]) -> None:
         # 2. The layer's activations on every unique generated image, in one batched pass of the target network.
         store = image_store(ctx)
         unique = list(dict.fromkeys(i for n in scorable.values() for ids in n.concept_images() for i in ids))
-        activations = _Activations.compute(ctx, job.layer, store, unique)
+        activations = StoredActivations.compute(
+            ctx, job.layer, store, unique, settings.batch_size, f"score {job.layer}: target network"
+        )
         # 3. Each neuron's pool ranked by its activations; a neuron with an unreadable generated image fails.
         for neuron, candidate in list(scorable.items()):
             concept_images = candidate.concept_images()
@@ -180,9 +182,12 @@ class _StoredImages:
 
 
 @dataclass
-class _Activations:
-    """The layer's summaries ``values [n_readable, n_neurons]`` on generated images; ``rows[id]`` is an image's row,
-    ``errors[id]`` why an image could not be read; ``batches`` counts the forward passes."""
+class StoredActivations:
+    """The layer's summaries ``values [n_readable, n_neurons]`` on images of the image store; ``rows[id]`` is an
+    image's row, ``errors[id]`` why an image could not be read; ``batches`` counts the forward passes.
+
+    Computed as stage 1 computed the probing set's (the network's own preprocessing, ``record.summary`` /
+    ``record.tokens``, autocast on CUDA), so the two can be compared; used by stage 6 and by CoSy."""
 
     values: torch.Tensor
     rows: dict[str, int]
@@ -190,12 +195,13 @@ class _Activations:
     batches: int
 
     @classmethod
-    def compute(cls, ctx: StageContext, layer: str, store: ImageStore, image_ids: list[str]) -> _Activations:
-        """Run ``image_ids`` through the target network in batches of ``score.batch_size`` (loaded only if any)."""
+    def compute(
+        cls, ctx: StageContext, layer: str, store: ImageStore, image_ids: list[str], size: int, description: str
+    ) -> StoredActivations:
+        """Run ``image_ids`` through the target network in batches of ``size`` (the network is loaded only if any)."""
         if not image_ids:
             return cls(torch.empty(0, 0), {}, {}, 0)
         config, target = ctx.config, ctx.backends.target
-        size = config.score.batch_size
         batches = [list(range(i, min(i + size, len(image_ids)))) for i in range(0, len(image_ids), size)]
         images = ProbeSet(ids=image_ids, load=_StoredImages(store, image_ids), fingerprint=content_key(image_ids))
         loader = batch_loader(
@@ -209,7 +215,7 @@ class _Activations:
         rows: dict[str, int] = {}
         errors: dict[str, str] = {}
         parts: list[torch.Tensor] = []
-        for batch in track(loader, f"score {layer}: target network", total=len(batches)):
+        for batch in track(loader, description, total=len(batches)):
             errors.update({image_ids[index]: error for index, error in batch.skipped})
             if batch.pixels is None:
                 continue

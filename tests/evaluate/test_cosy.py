@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,14 @@ def test_images_made_once_per_distinct_label_then_reused(evaluate, tmp_path):
     other = PatternGenerator(name="stub:other")
     evaluate({1: "checkerboard"}, other)
     assert len(other.requests) == Q
+
+
+def test_an_unreadable_stored_image_is_a_clear_error(evaluate, tmp_path):
+    evaluate({0: "checkerboard"}, PatternGenerator())
+    broken = sorted((tmp_path / "outputs" / "images").rglob("*.png"))[0]
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DnDError, match=rf"generated image {re.escape(str(broken))} is unreadable .* delete it"):
+        evaluate({0: "checkerboard"}, PatternGenerator())
 
 
 def test_neurons_without_labels_and_user_errors(evaluate, tmp_path):
