@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.config import ClipDissectConfig
 from dnd.errors import DnDError
 from dnd.progress import track
-from dnd.store import atomic_write_text, content_key
+from dnd.store import atomic_save_tensors, atomic_write_text, content_key
 
 if TYPE_CHECKING:
     from dnd.backends.embedders import ClipEmbedder
@@ -138,8 +138,5 @@ def _cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Ten
     if path.is_file():
         return load_file(str(path))["tensor"]
     tensor = compute().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"tensor": tensor}, str(tmp))
-    tmp.replace(path)
+    atomic_save_tensors(path, {"tensor": tensor})
     return tensor

@@ -23,7 +23,7 @@ from dnd.data import batch_loader
 from dnd.errors import DnDError
 from dnd.pipeline import StageContext, StageJob, StageSpec
 from dnd.progress import track
-from dnd.store import ARTIFACT_FILE, write_model
+from dnd.store import ARTIFACT_FILE, atomic_save_tensors, write_model
 
 ACTIVATIONS_FILE = "activations.safetensors"
 
@@ -123,9 +123,7 @@ class _ShardBuffer:
             "skipped": json.dumps(self.skipped),
             "output_shape": json.dumps(self.output_shapes.get(layer, [])),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        tmp.replace(path)
+        atomic_save_tensors(path, tensors, metadata)
 
 
 def _shard_path(partial: Path, shard: tuple[int, int]) -> Path:
