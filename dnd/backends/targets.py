@@ -73,10 +73,13 @@ class TargetNetwork:
         pixels: torch.Tensor,
         layers: list[str],
         reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+        autocast: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Run ``pixels [B, 3, H, W]`` and return each layer's output, or ``reduce(layer, output)`` if given.
 
-        Reducing inside the hook means full feature maps of a whole batch never pile up in memory.
+        Reducing inside the hook means full feature maps of a whole batch never pile up in memory. ``autocast``
+        runs the pass in fp16 on CUDA (it is ignored elsewhere); every stage passes ``record.autocast``, so that
+        activations on crops and generated images are computed like those of the probing set.
         The forward pass stops as soon as every requested layer has produced its output. A module called more
         than once per forward pass is recorded at its first call.
         """
@@ -94,8 +97,10 @@ class TargetNetwork:
             return hook
 
         handles = [self.layer(path).register_forward_hook(hook_for(path)) for path in layers]
+        device = self.device
         try:
-            self.module(pixels)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=autocast and device.type == "cuda"):
+                self.module(pixels.to(device, non_blocking=True))
         except _StopForward:
             pass
         finally:
@@ -165,6 +170,15 @@ def split_preprocess(preprocess: Preprocess) -> tuple[Callable[[Image.Image], Im
 
 def _identity(image: Image.Image) -> Image.Image:
     return image
+
+
+def summary_reducer(summary: str, tokens: str) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """A ``reduce`` for :meth:`TargetNetwork.capture` that summarises every layer like stage 1 (``[B, C]``)."""
+
+    def reduce(_layer: str, output: torch.Tensor) -> torch.Tensor:
+        return summarize(output, summary, tokens)
+
+    return reduce
 
 
 def summarize(output: torch.Tensor, summary: str, tokens: str) -> torch.Tensor:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from PIL import Image
 
 from dnd.artifacts import CropBox, ExemplarImage, Exemplars, NeuronExemplars, NeuronTopImages, TopImages
-from dnd.backends.targets import summarize
+from dnd.backends.targets import summary_reducer
 from dnd.data import PreprocessedImages
 from dnd.pipeline import StageContext, StageJob, StageSpec
 from dnd.progress import track
@@ -143,7 +142,6 @@ def _crop_and_rank(
     """
     config, target = ctx.config, ctx.backends.target
     settings = config.crop
-    autocast = config.record.autocast and target.device.type == "cuda"
     counts = dict.fromkeys(COUNTS, 0)
     # 1. Candidates start as the originals: they keep their recorded activation, because stage 1 ran the same
     #    network on the same view + tensorize of the same image (tests/stages/test_crop.py re-runs one to check).
@@ -162,14 +160,15 @@ def _crop_and_rank(
         num_workers=config.probe.num_workers,
         collate_fn=list,
     )
-    crops = _CropBatches(target, layer, config.record, settings.batch_size, autocast)
+    crops = _CropBatches(target, layer, config.record, settings.batch_size)
     unreadable: dict[int, str] = {}
     for items in track(views, f"crop {layer}", total=len(batches)):
         unreadable.update({index: error for index, view, error in items if view is None})
         readable = [(index, view) for index, view, _ in items if view is not None]
         if not readable:
             continue
-        maps = _forward(target, layer, torch.stack([target.tensorize(view) for _, view in readable]), autocast)
+        pixels = torch.stack([target.tensorize(view) for _, view in readable])
+        maps = target.capture(pixels, [layer], autocast=config.record.autocast)[layer]
         counts["images_loaded"] += len(readable)
         counts["forward_batches"] += 1
         for row, (index, view) in enumerate(readable):
@@ -212,9 +211,9 @@ class _CropBatches:
     ``done`` collects ``(neuron, crop)`` with the crop's activation for its own neuron.
     """
 
-    def __init__(self, target: TargetNetwork, layer: str, record: RecordConfig, batch_size: int, autocast: bool):
-        self.target, self.layer, self.record = target, layer, record
-        self.batch_size, self.autocast = batch_size, autocast
+    def __init__(self, target: TargetNetwork, layer: str, record: RecordConfig, batch_size: int):
+        self.target, self.layer, self.record, self.batch_size = target, layer, record, batch_size
+        self.reduce = summary_reducer(record.summary, record.tokens)
         self.pending: list[tuple[int, ExemplarImage, torch.Tensor]] = []
         self.done: list[tuple[int, ExemplarImage]] = []
         self.forward_batches = 0
@@ -229,29 +228,11 @@ class _CropBatches:
         if not self.pending:
             return
         pixels = torch.stack([crop_pixels for *_, crop_pixels in self.pending])
-        summaries = _forward(self.target, self.layer, pixels, self.autocast, self._summarize).cpu()  # [B, C]
+        summaries = self.target.capture(pixels, [self.layer], self.reduce, self.record.autocast)[self.layer].cpu()
         self.forward_batches += 1
         for row, (neuron, crop, _) in enumerate(self.pending):
             self.done.append((neuron, crop.model_copy(update={"activation": float(summaries[row, neuron])})))
         self.pending.clear()
-
-    def _summarize(self, _layer: str, output: torch.Tensor) -> torch.Tensor:
-        return summarize(output, self.record.summary, self.record.tokens)
-
-
-def _forward(
-    target: TargetNetwork,
-    layer: str,
-    pixels: torch.Tensor,
-    autocast: bool,
-    reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """``layer``'s output for ``pixels [B, 3, H, W]`` (reduced in the hook when ``reduce`` is given).
-
-    Autocast follows ``record.autocast`` so that crops are computed like the originals they are ranked against.
-    """
-    with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
-        return target.capture(pixels.to(target.device), [layer], reduce)[layer]
 
 
 SPEC = StageSpec(

@@ -59,16 +59,12 @@ def run(ctx: StageContext, jobs: list[StageJob]) -> None:
         )
         shard_of_batch = [shard for shard in todo for _ in range(shard[0], shard[1], config.probe.batch_size)]
         buffers = {shard: _ShardBuffer(config.record.summary, config.record.tokens) for shard in todo}
-        autocast = config.record.autocast and target.device.type == "cuda"
         description = f"record {', '.join(job.layer for job in jobs)}"
         for shard, batch in track(zip(shard_of_batch, loader, strict=True), description, total=len(batches)):
             buffer = buffers[shard]
             buffer.skipped.extend(batch.skipped)
             if batch.pixels is not None:
-                with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
-                    outputs = target.capture(
-                        batch.pixels.to(target.device, non_blocking=True), missing[shard], buffer.summarize
-                    )
+                outputs = target.capture(batch.pixels, missing[shard], buffer.summarize, config.record.autocast)
                 forward_batches += 1
                 buffer.indices.append(batch.indices)
                 for layer, summaries in outputs.items():

@@ -39,7 +39,7 @@ from dnd.artifacts import (
     NeuronGenerations,
     NeuronLabels,
 )
-from dnd.backends.targets import summarize
+from dnd.backends.targets import summary_reducer
 from dnd.config import ScoreConfig
 from dnd.data import ProbeSet, UnreadableImage, batch_loader, open_rgb
 from dnd.export import write_exports
@@ -207,11 +207,7 @@ class StoredActivations:
         loader = batch_loader(
             images, target.preprocess, batches, config.probe.num_workers, pin_memory=target.device.type == "cuda"
         )
-        autocast = config.record.autocast and target.device.type == "cuda"  # as stage 1 computed the exemplars
-
-        def reduce(_layer: str, output: torch.Tensor) -> torch.Tensor:
-            return summarize(output, config.record.summary, config.record.tokens)
-
+        reduce = summary_reducer(config.record.summary, config.record.tokens)
         rows: dict[str, int] = {}
         errors: dict[str, str] = {}
         parts: list[torch.Tensor] = []
@@ -219,8 +215,7 @@ class StoredActivations:
             errors.update({image_ids[index]: error for index, error in batch.skipped})
             if batch.pixels is None:
                 continue
-            with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
-                summaries = target.capture(batch.pixels.to(target.device, non_blocking=True), [layer], reduce)[layer]
+            summaries = target.capture(batch.pixels, [layer], reduce, config.record.autocast)[layer]
             parts.append(summaries.float().cpu())
             for index in batch.indices.tolist():
                 rows[image_ids[index]] = len(rows)
