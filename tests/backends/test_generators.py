@@ -34,6 +34,25 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
+#: "The same image" for generated pixels: batched float math is not bit-identical across batch positions or
+#: releases (nor is Stable Diffusion on a GPU), so the same request may differ by a few levels in a few pixels.
+SAME_IMAGE_MEAN_LEVELS = 1.0  # mean absolute difference per channel value, below
+SAME_IMAGE_MAX_LEVELS = 4  # largest difference of any channel value, at most
+#: Two seeds give unrelated noise, hence images that differ by tens of levels on average.
+OTHER_SEED_MEAN_LEVELS = 10.0
+
+
+def assert_same_image(first, second) -> None:
+    difference = np.abs(pixels(first) - pixels(second))
+    assert difference.mean() < SAME_IMAGE_MEAN_LEVELS and difference.max() <= SAME_IMAGE_MAX_LEVELS, (
+        f"images differ by {difference.mean():.3f} levels on average, {difference.max()} at most"
+    )
+
+
+def assert_other_image(first, second) -> None:
+    assert np.abs(pixels(first) - pixels(second)).mean() > OTHER_SEED_MEAN_LEVELS
+
+
 def test_one_rgb_image_of_the_configured_size_per_request(generator):
     requests = [GenerationRequest("a dog", 1), GenerationRequest("a cat", 2), GenerationRequest("red grass", 3)]
 
@@ -48,8 +67,8 @@ def test_the_seed_fixes_the_image(generator):
     first, again, other_seed = generator.generate(
         [GenerationRequest("a dog", 7), GenerationRequest("a dog", 7), GenerationRequest("a dog", 8)]
     )
-    assert np.array_equal(pixels(first), pixels(again))
-    assert np.abs(pixels(first) - pixels(other_seed)).mean() > 10
+    assert_same_image(first, again)
+    assert_other_image(first, other_seed)
 
 
 def test_an_image_does_not_depend_on_its_batch_mates(generator):
@@ -58,8 +77,9 @@ def test_an_image_does_not_depend_on_its_batch_mates(generator):
         [GenerationRequest("a cat", 1), GenerationRequest("a dog", 5), GenerationRequest("red", 9)]
     )[1]
     other_mates = generator.generate([GenerationRequest("grass", 3), GenerationRequest("a dog", 5)])[1]
-    assert np.array_equal(pixels(alone), pixels(in_batch))
-    assert np.array_equal(pixels(alone), pixels(other_mates))
+    assert_same_image(alone, in_batch)
+    assert_same_image(alone, other_mates)
+    assert_other_image(alone, generator.generate([GenerationRequest("a dog", 6)])[0])
 
 
 def test_stochastic_schedulers_draw_their_noise_from_each_request_s_own_seed(sd_folder):
@@ -69,7 +89,7 @@ def test_stochastic_schedulers_draw_their_noise_from_each_request_s_own_seed(sd_
 
     alone = generator.generate([GenerationRequest("a dog", 5)])[0]
     in_batch = generator.generate([GenerationRequest("a cat", 1), GenerationRequest("a dog", 5)])[1]
-    assert np.array_equal(pixels(alone), pixels(in_batch))
+    assert_same_image(alone, in_batch)
 
 
 def test_the_scheduler_follows_the_config(generator, sd_folder):
