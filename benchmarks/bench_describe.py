@@ -46,7 +46,7 @@ def run() -> dict[str, Any]:
             f"synthesize.model={tiny_stable_diffusion(models / 'sd')}",
             "synthesize.size=32",
             "synthesize.steps=2",
-            f"score.clip_model={tiny_clip(models / 'clip')}",
+            f"embed.clip_model={tiny_clip(models / 'clip')}",
             f"prompts_dir={ROOT / 'prompts'}",
             "stop_after=null",
         ]

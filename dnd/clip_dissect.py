@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
+from dnd.activations import load_activations
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.config import ClipDissectConfig
 from dnd.errors import DnDError
@@ -84,14 +85,12 @@ def clip_dissect(pipeline: Pipeline, layer: str, concepts: list[str], clip: Clip
 
     Records the layer first if it is not fresh in the store. CLIP embeddings of the probing images and of the
     concepts are cached under ``<output_dir>/cache/clip-dissect`` (keyed by CLIP model and inputs), so a rerun
-    with another concept set or other parameters embeds nothing again. ``clip`` defaults to ``embed.clip_model``.
+    with another concept set or other parameters embeds nothing again. ``clip`` defaults to the run's CLIP
+    (``embed.clip_model``).
     """
-    from dnd.backends.embedders import load_clip
-    from dnd.stages.record import load_activations
-
     config, context = pipeline.config, pipeline.context
     # 1. CLIP first, so a model that cannot be loaded fails before any long recording.
-    clip = clip or load_clip(config.embed, pipeline.backends.device)
+    clip = clip or pipeline.backends.clip
     # 2. The layer's activations (record stage; reused when fresh).
     stage_dir = pipeline.run_until("record", [layer])[layer]
     activations, probe_indices = load_activations(stage_dir)  # [n_images, n_neurons], [n_images]

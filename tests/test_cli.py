@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dnd.cli import app, parse_neurons
-from dnd.errors import DnDError
+from dnd.cli import app
 from tests.helpers import write_cifar_config, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,14 +72,6 @@ def test_help_texts_have_examples():
     for command in ("describe", "run", "status", "layers"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example: dnd" in result.output
-
-
-def test_parse_neurons():
-    assert parse_neurons("0-3,7, 5") == [0, 1, 2, 3, 5, 7]
-    assert parse_neurons(None) is None
-    for bad in ("a-b", "5-2", "-1"):
-        with pytest.raises(DnDError):
-            parse_neurons(bad)
 
 
 def test_paper_config_without_hub_access_fails_fast_naming_the_model(tmp_path, monkeypatch, no_network):

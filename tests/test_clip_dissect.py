@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import dnd.pipeline
+from dnd.activations import load_activations
 from dnd.backends.embedders import ClipEmbedder
 from dnd.cli import app
 from dnd.clip_dissect import clip_dissect, read_concepts, soft_wpmi, write_descriptions
@@ -18,7 +19,6 @@ from dnd.compare.readers import read_labels
 from dnd.config import ClipDissectConfig
 from dnd.errors import DnDError
 from dnd.pipeline import Pipeline
-from dnd.stages.record import load_activations
 from tests.helpers import backends_for, make_config
 from tests.tiny_models import tiny_clip
 

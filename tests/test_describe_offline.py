@@ -88,7 +88,7 @@ def offline_run(tmp_path, shared, smollm2, monkeypatch):
         "synthesize.size=32",
         "synthesize.steps=2",
         "synthesize.images_per_concept=3",
-        f"score.clip_model={tiny_clip(tmp_path / 'clip')}",
+        f"embed.clip_model={tiny_clip(tmp_path / 'clip')}",
         "stop_after=null",
         "probe.limit=200",  # 200 of the 1,000 samples keep the test short; the code path is the same
         "probe.num_workers=0",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from dnd.store import ARTIFACT_FILE, ItemCache, StageStore, content_key, write_model
+from dnd.layout import ARTIFACT_FILE
+from dnd.store import ItemCache, StageStore, content_key, write_model
 
 
 class Thing(BaseModel):

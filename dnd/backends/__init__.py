@@ -75,16 +75,15 @@ class Backends:
 
     @cached_property
     def clip(self) -> ClipEmbedder:
-        """CLIP image and text embeddings for scoring (``score.clip_model``)."""
-        from dnd.backends.embedders import ClipEmbedder
+        """CLIP image and text embeddings (``embed.clip_model``)."""
+        from dnd.backends.embedders import load_clip
 
-        given = self._given["clip"]
-        return given or ClipEmbedder("clip", self.config.score.clip_model, self.device, self.config.score.batch_size)
+        return self._given["clip"] or load_clip(self.config.embed, self.device)
 
     def clip_model(self) -> str:
-        """The scoring CLIP's model for embedding-cache keys, without loading a built-in one."""
+        """The CLIP model's name for embedding-cache keys, without loading a built-in one."""
         given = self._given["clip"]
-        return given.model if given is not None else self.config.score.clip_model
+        return given.model if given is not None else self.config.embed.clip_model
 
     def generator_name(self) -> str:
         """The generator's name for image-store keys, without loading a built-in one."""

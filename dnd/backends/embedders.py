@@ -168,7 +168,7 @@ def load_text_embedder(
 
 
 def load_clip(config: EmbedConfig, device: torch.device) -> ClipEmbedder:
-    """The CLIP model of ``config`` for images and texts (CLIP-Dissect has no offline substitute for it)."""
+    """The run's CLIP (``config.clip_model``) for images and texts: stage 6 and CLIP-Dissect embed with it."""
     hint = "Without network access set embed.clip_model to a local CLIP folder (save_pretrained of a CLIPModel)."
     return ClipEmbedder("clip", config.clip_model, device, config.batch_size, hint)
 

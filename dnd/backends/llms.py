@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dnd.backends.chat import ChatReply, ChatRequest
 from dnd.backends.loading import load_model
+from dnd.backends.openai_client import OpenAIClient, server_label
 from dnd.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
 
     from dnd.config import OpenAIConfig, SummarizeConfig
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One chat completion to make. ``sample`` tells repeated asks of the same messages apart (and seeds them)."""
-
-    messages: tuple[tuple[str, str], ...]  # (role, content) pairs: system / user / assistant
-    temperature: float
-    max_tokens: int
-    sample: int = 0
-
-
-@dataclass
-class ChatReply:
-    """The answer to a :class:`ChatRequest`; ``error`` is set (and ``text`` None) when every retry failed."""
-
-    text: str | None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: str | None = None
-    attempts: int = field(default=1)
 
 
 class ConceptLLM(Protocol):
@@ -55,8 +35,6 @@ class ConceptLLM(Protocol):
 def concept_llm_name(config: SummarizeConfig) -> str:
     """The ``name`` of the concept LLM ``config`` selects, computed without loading it (for cache look-ups)."""
     if config.backend == "openai":
-        from dnd.backends.openai_client import server_label
-
         return f"openai:{server_label(config.openai)}"
     return f"local:{config.local_model}"
 
@@ -72,8 +50,6 @@ class OpenAIConceptLLM:
     """A chat model behind an OpenAI-compatible server; a request's ``sample`` is sent as its ``seed``."""
 
     def __init__(self, config: OpenAIConfig):
-        from dnd.backends.openai_client import OpenAIClient
-
         self._client = OpenAIClient(config)
         self.name = f"openai:{self._client.label}"
 

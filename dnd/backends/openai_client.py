@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-from dnd.backends.llms import ChatReply
+from dnd.backends.chat import ChatReply
 from dnd.config import OpenAIConfig
 from dnd.errors import DnDError
 

@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dnd.artifacts import Labels
 from dnd.errors import DnDError
-from dnd.store import ARTIFACT_FILE, read_model
+from dnd.layout import ARTIFACT_FILE
+from dnd.store import read_model
 
 _QUOTES = "\"'"
 _GLOB_CHARS = "*?["

@@ -30,14 +30,13 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from dnd.activations import StoredActivations, load_activations
 from dnd.backends import Backends
 from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
 from dnd.errors import DnDError
+from dnd.image_store import generate_missing, image_store, plan_images
 from dnd.pipeline import Pipeline
-from dnd.stages.record import load_activations
-from dnd.stages.score import StoredActivations
-from dnd.stages.synthesize import generate_missing, image_store, plan_images
 from dnd.store import atomic_write_text
 
 #: The placeholder ``cosy.prompt`` must hold.
@@ -171,13 +170,20 @@ def evaluate_cosy(
     control, _ = load_activations(pipeline.run_until("record", [layer])[layer])
     _check_fit(labels, layer, chosen, control)
     # 3. images_per_label images per distinct label, generated only where the image store lacks them.
-    store = image_store(pipeline.context)
+    store = image_store(config.output_dir)
     prompts = {label: config.cosy.prompt.format(**{PLACEHOLDER: label}) for label in dict.fromkeys(label_of.values())}
     requests, keys_of = plan_images(prompts, config.cosy.images_per_label, config.seed, backends.generator_name())
     generated, _calls = generate_missing(store, backends, requests, config.cosy.batch_size, f"cosy {layer}: generate")
     # 4. The layer's activations on every synthetic image [n_synthetic, n_neurons], in one batched pass.
     computed = StoredActivations.compute(
-        pipeline.context, layer, store, list(requests), config.probe.batch_size, f"cosy {layer}: target network"
+        backends.target,
+        layer,
+        config.record,
+        store,
+        list(requests),
+        config.probe.batch_size,
+        config.probe.num_workers,
+        f"cosy {layer}: target network",
     )
     if computed.errors:
         key, error = next(iter(computed.errors.items()))

@@ -11,30 +11,25 @@ keep their top images. Boxes are in the pixel coordinates of the network's view 
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dnd.artifacts import CropBox, ExemplarImage, Exemplars, NeuronExemplars, NeuronTopImages, TopImages
 from dnd.backends.targets import summary_reducer
 from dnd.data import PreprocessedImages
-from dnd.pipeline import StageContext, StageJob, StageSpec
+from dnd.exemplars import crop_view
 from dnd.progress import track
-from dnd.store import ARTIFACT_FILE, read_model
+from dnd.stages.base import NeuronWork, StageContext, StageSpec
 
 if TYPE_CHECKING:
     from dnd.backends.targets import TargetNetwork
     from dnd.config import RecordConfig
-    from dnd.data import ProbeSet
 
 #: Backend-call counts in the manifest.
 COUNTS = ("images_loaded", "unreadable_images", "crops", "forward_batches")
-#: How a crop is resized back to the view size (smooth upsampling of a small region for network and captioner).
-CROP_RESAMPLE = Image.Resampling.BICUBIC
 
 
 def iou(a: CropBox, b: CropBox) -> float:
@@ -89,34 +84,19 @@ def attention_boxes(
     return kept
 
 
-def render_exemplar(probe: ProbeSet, target: TargetNetwork, exemplar: ExemplarImage) -> Image.Image:
-    """The pixels of ``exemplar``: the network's view of its probe image, cropped and resized back if it has a box."""
-    view = target.view(probe.load(exemplar.probe_index))
-    return view if exemplar.box is None else _crop(view, exemplar.box)
-
-
-def _crop(view: Image.Image, box: CropBox) -> Image.Image:
-    return view.crop((box.x0, box.y0, box.x1, box.y1)).resize(view.size, CROP_RESAMPLE)
-
-
-def run(ctx: StageContext, jobs: list[StageJob]) -> None:
-    """Choose the exemplars of ``job.neurons`` for every layer of ``jobs`` and add them to the layer's artifact."""
-    for job in jobs:
-        started = time.perf_counter()
-        # 1. The requested neurons' top images, from stage 1.
-        top = read_model(job.upstream["record"] / ARTIFACT_FILE, TopImages)
-        by_neuron = {entry.neuron: entry for entry in top.neurons}
-        entries = [by_neuron[neuron] for neuron in sorted(job.neurons or [])]
-        # 2. Crop where the layer has spatial maps; elsewhere the top images are the exemplars.
-        cropped = ctx.config.crop.enabled and len(top.output_shape) == 3
-        if cropped:
-            neurons, counts = _crop_and_rank(ctx, job.layer, top, entries)
-        else:
-            neurons = [_uncropped(top, entry, ctx.config.crop.exemplars) for entry in entries]
-            counts = dict.fromkeys(COUNTS, 0)
-        # 3. Store them beside the neurons of earlier runs.
-        artifact = Exemplars(layer=job.layer, cropped=cropped, neurons=neurons)
-        ctx.write_per_neuron(job, artifact, time.perf_counter() - started, counts)
+def compute(ctx: StageContext, work: NeuronWork) -> tuple[Exemplars, dict[str, int]]:
+    """The exemplars of ``work.neurons`` of one layer, and backend-call counts."""
+    # 1. The neurons' top images, from stage 1.
+    top = work.artifact("record", TopImages)
+    entries = [work.entries["record"][neuron] for neuron in work.neurons]
+    # 2. Crop where the layer has spatial maps; elsewhere the top images are the exemplars.
+    cropped = ctx.config.crop.enabled and len(top.output_shape) == 3
+    if cropped:
+        neurons, counts = _crop_and_rank(ctx, work.layer, top, entries)
+    else:
+        neurons = [_uncropped(top, entry, ctx.config.crop.exemplars) for entry in entries]
+        counts = dict.fromkeys(COUNTS, 0)
+    return Exemplars(layer=work.layer, cropped=cropped, neurons=neurons), counts
 
 
 def _originals(top: TopImages, entry: NeuronTopImages) -> list[ExemplarImage]:
@@ -183,7 +163,7 @@ def _crop_and_rank(
                     settings.max_iou_with_image,
                 )
                 for box in boxes:
-                    crops.add(neuron, original.model_copy(update={"box": box}), target.tensorize(_crop(view, box)))
+                    crops.add(neuron, original.model_copy(update={"box": box}), target.tensorize(crop_view(view, box)))
     crops.flush()
     for neuron, crop in crops.done:
         candidates[neuron].append(crop)
@@ -240,7 +220,6 @@ SPEC = StageSpec(
     version=1,
     needs=("record",),
     config_sections=("crop",),
-    run=run,
     artifact=Exemplars,
-    per_neuron=True,
+    compute=compute,
 )

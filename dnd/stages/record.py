@@ -3,7 +3,10 @@
 Work is split into shards of ``record.shard_size`` images; each finished shard is written (atomically) to the
 stage's partial folder, so a killed run resumes at the first missing shard. Several layers are recorded in the
 same pass. Output: ``activations.safetensors`` (``activations [n_images, n_neurons]``, ``probe_indices
-[n_images]``) and a :class:`~dnd.artifacts.TopImages` artifact.
+[n_images]``, see :mod:`dnd.activations`) and a :class:`~dnd.artifacts.TopImages` artifact.
+
+A layer stage: one pass gives every neuron of a layer, so ``--neurons`` does not narrow it, and ``--force`` records
+the whole layer again. Its key stays the same, so every later stage keeps its finished neurons.
 """
 
 from __future__ import annotations
@@ -15,17 +18,16 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
+from dnd.activations import save_activations
 from dnd.artifacts import NeuronTopImages, SkippedImage, TopImages
 from dnd.backends.targets import summarize
 from dnd.data import batch_loader
 from dnd.errors import DnDError
-from dnd.pipeline import StageContext, StageJob, StageSpec
+from dnd.layout import ARTIFACT_FILE
 from dnd.progress import track
-from dnd.store import ARTIFACT_FILE, atomic_save_tensors, write_model
-
-ACTIVATIONS_FILE = "activations.safetensors"
+from dnd.stages.base import StageContext, StageJob, StageSpec
+from dnd.store import atomic_save_tensors, write_model
 
 
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
@@ -79,10 +81,7 @@ def run(ctx: StageContext, jobs: list[StageJob]) -> None:
         activations, probe_indices, skipped, output_shape = _assemble(partial[job.layer], bounds)
         artifact = _top_images(job.layer, activations, probe_indices, skipped, output_shape, ctx)
         with ctx.store.writing(job.layer, "record", job.key) as out:
-            save_file(
-                {"activations": activations.contiguous(), "probe_indices": probe_indices},
-                str(out / ACTIVATIONS_FILE),
-            )
+            save_activations(out, activations, probe_indices)
             write_model(out / ARTIFACT_FILE, artifact)
             ctx.write_manifest(
                 out,
@@ -182,18 +181,12 @@ def _top_images(
     )
 
 
-def load_activations(stage_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read a finished record stage: ``(activations [n_images, n_neurons], probe_indices [n_images])``."""
-    tensors = load_file(str(stage_dir / ACTIVATIONS_FILE))
-    return tensors["activations"], tensors["probe_indices"]
-
-
 SPEC = StageSpec(
     name="record",
     version=1,
     needs=(),
     config_sections=("probe", "record"),
-    run=run,
     artifact=TopImages,
+    run=run,
     extra_inputs=_extra_inputs,
 )

@@ -21,18 +21,17 @@ from __future__ import annotations
 import random
 import re
 import string
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from dnd.artifacts import Captions, Concepts, NeuronConcepts, TokenUsage
-from dnd.backends.llms import ChatReply, ChatRequest
+from dnd.artifacts import Concepts, NeuronConcepts, TokenUsage
+from dnd.backends.chat import ChatReply, ChatRequest
 from dnd.config import SummarizeConfig
 from dnd.errors import DnDError
-from dnd.pipeline import StageContext, StageJob, StageSpec, split_upstream
+from dnd.stages.base import NeuronWork, Requirement, StageContext, StageSpec
 from dnd.store import content_key
 
 SIMPLIFY_PROMPT = "simplify_caption.md"
@@ -286,25 +285,17 @@ class _Asker:
 # --- the stage ------------------------------------------------------------------------------------------------------
 
 
-def run(ctx: StageContext, jobs: list[StageJob]) -> None:
-    """Summarise the captions of each job's neurons into candidate concepts and write each layer's artifact."""
+def compute(ctx: StageContext, work: NeuronWork) -> tuple[Concepts, dict[str, int]]:
+    """Summarise the captions of ``work.neurons`` of one layer into candidate concepts; return them with the counts
+    of what this run asked."""
     simplify = ChatTemplate.parse(SIMPLIFY_PROMPT, ctx.prompt_text(SIMPLIFY_PROMPT), subject="caption")
     summary = ChatTemplate.parse(SUMMARY_PROMPT, ctx.prompt_text(SUMMARY_PROMPT), subject="captions")
-    for job in jobs:
-        _summarize_layer(ctx, job, simplify, summary)
-
-
-def _summarize_layer(ctx: StageContext, job: StageJob, simplify: ChatTemplate, summary: ChatTemplate) -> None:
-    """Read the job's captions, ask for its neurons' concepts and write its :class:`Concepts` artifact."""
-    started = time.perf_counter()
     config = ctx.config.summarize
     asker = _Asker(ctx)
-    # 1. Each neuron's captions; neurons that failed upstream are carried over as failed.
-    usable, failed = split_upstream(
-        job, "caption", Captions, lambda entry: entry.captions, "no captions for this neuron"
-    )
-    results: dict[int, NeuronConcepts] = {n: NeuronConcepts(neuron=n, failed=reason) for n, reason in failed.items()}
-    captions = {neuron: [caption.text for caption in entry.captions] for neuron, entry in usable.items()}
+    # 1. Each neuron's captions (the kernel has carried neurons that failed upstream over as failed).
+    captions = {
+        neuron: [caption.text for caption in entry.captions] for neuron, entry in work.entries["caption"].items()
+    }
     # 2. Shorten every distinct caption once; a caption that could not be shortened is used as it is.
     shortened: dict[str, _Outcome] = {}
     if config.simplify_captions:
@@ -320,7 +311,7 @@ def _summarize_layer(ctx: StageContext, job: StageJob, simplify: ChatTemplate, s
     for neuron, items in descriptions.items():
         copies = _lone_descriptions(captions[neuron], items)
         for sample in range(config.n_summaries):
-            listing = _numbered(_shuffled(items, ctx.config.seed, job.layer, neuron, sample))
+            listing = _numbered(_shuffled(items, ctx.config.seed, work.layer, neuron, sample))
             asks.append(_Ask(summary.messages(captions=listing, max_words=config.max_words), sample, copies))
             owners.append(neuron)
     # 4-6. All summaries of the layer asked together, round by round (cache first, re-asks with the reason).
@@ -328,23 +319,20 @@ def _summarize_layer(ctx: StageContext, job: StageJob, simplify: ChatTemplate, s
     for neuron, outcome in zip(owners, asker.resolve(asks, summary), strict=True):
         outcomes[neuron].append(outcome)
     # 7. Per neuron: distinct labels in order, background variants, usage; no valid label at all = failed.
+    results = []
     for neuron, texts in captions.items():
         own_shortenings = [shortened[text] for text in dict.fromkeys(texts)] if config.simplify_captions else []
         simplified = descriptions[neuron] if config.simplify_captions else []
-        results[neuron] = _neuron_concepts(neuron, simplified, own_shortenings, outcomes[neuron], asker, config)
-    # 8. Write the layer's artifact (merged with earlier neurons) and what this run asked.
+        results.append(_neuron_concepts(neuron, simplified, own_shortenings, outcomes[neuron], asker, config))
+    # 8. The layer's concepts, and what this run asked.
     artifact = Concepts(
-        layer=job.layer,
-        llm=asker.identity,
-        neurons=[results[neuron] for neuron in sorted(results)],
-        usage=asker.total_usage(list(asker.usage)) + (job.existing.usage if job.existing is not None else TokenUsage()),
+        layer=work.layer, llm=asker.identity, neurons=results, usage=asker.total_usage(list(asker.usage))
     )
     counts = {
         name: asker.counts[name]
         for name in ("llm_requests", "cache_hits", "reasks", "prompt_tokens", "completion_tokens")
     }
-    counts["failed_neurons"] = sum(entry.failed is not None for entry in results.values())
-    ctx.write_per_neuron(job, artifact, time.perf_counter() - started, counts)
+    return artifact, counts
 
 
 def _neuron_concepts(
@@ -418,9 +406,9 @@ SPEC = StageSpec(
     version=1,
     needs=("caption",),
     config_sections=("summarize",),
-    run=run,
     artifact=Concepts,
+    compute=compute,
+    requires={"caption": Requirement(lambda entry: entry.captions, "no captions for this neuron")},
     prompts=(SIMPLIFY_PROMPT, SUMMARY_PROMPT),
     extra_inputs=_extra_inputs,
-    per_neuron=True,
 )

@@ -2,7 +2,7 @@
 
 Per layer, the distinct candidate concepts of the requested neurons are each written into the prompt of
 ``prompts/synthesize.md`` once, however many neurons proposed them. Image ``i`` of a prompt is seeded by a hash of
-(run seed, prompt, i), never by its place in a batch, and is kept in the image store (``<output_dir>/images``) under
+(run seed, prompt, i), never by its place in a batch, and is kept in the image store (:mod:`dnd.image_store`) under
 the content key of (generator name, prompt, seed); the generator name holds the model and every setting that changes
 the pixels. Stored images are reused by other neurons, layers, later runs and ``--neurons`` subsets; the missing ones
 are generated in batches that mix concepts, each batch stored as soon as it returns, so a killed run keeps every
@@ -13,30 +13,15 @@ from __future__ import annotations
 
 import re
 import string
-import time
-from typing import TYPE_CHECKING
 
-from dnd.artifacts import ConceptImages, Concepts, Generations, NeuronGenerations
-from dnd.backends.generators import GenerationRequest
+from dnd.artifacts import ConceptImages, Generations, NeuronGenerations
 from dnd.errors import DnDError
-from dnd.pipeline import StageContext, StageJob, StageSpec, split_upstream
-from dnd.progress import track
-from dnd.store import ImageStore, content_key
-
-if TYPE_CHECKING:
-    from dnd.backends import Backends
+from dnd.image_store import generate_missing, image_store, plan_images
+from dnd.stages.base import NeuronWork, Requirement, StageContext, StageSpec
 
 PROMPT_FILE = "synthesize.md"
-IMAGE_FOLDER = "images"
-#: Seeds are this wide so that every random number generator accepts them.
-SEED_BITS = 32
 
 _PROMPT_SECTION = re.compile(r"^## prompt[ \t]*$", re.MULTILINE)
-
-
-def image_store(ctx: StageContext) -> ImageStore:
-    """The generated images of every run under the output folder (stage 6 reads them from here too)."""
-    return ImageStore(ctx.config.output_dir / IMAGE_FOLDER)
 
 
 def parse_template(text: str) -> str:
@@ -62,87 +47,29 @@ def parse_template(text: str) -> str:
     return template
 
 
-def image_seed(run_seed: int, prompt: str, index: int) -> int:
-    """The seed of image ``index`` of ``prompt``: a hash, so it never depends on batches or the order of concepts."""
-    return int(content_key({"seed": run_seed, "prompt": prompt, "image": index}), 16) % 2**SEED_BITS
-
-
-def plan_images(
-    prompts: dict[str, str], images_per_prompt: int, run_seed: int, generator: str
-) -> tuple[dict[str, GenerationRequest], dict[str, list[str]]]:
-    """``(request by image key, image keys by label)`` for ``images_per_prompt`` images of each label's prompt.
-
-    ``prompts`` maps a label (a concept, a description) to its filled-in prompt. The key of an image is the content
-    key of everything that makes its pixels: the generator's name (model and settings), the prompt and the seed.
-    """
-    requests: dict[str, GenerationRequest] = {}
-    keys_of: dict[str, list[str]] = {}
-    for label, prompt in prompts.items():
-        keys_of[label] = []
-        for index in range(images_per_prompt):
-            request = GenerationRequest(prompt, image_seed(run_seed, prompt, index))
-            key = content_key({"generator": generator, "prompt": request.prompt, "seed": request.seed})
-            requests[key] = request
-            keys_of[label].append(key)
-    return requests, keys_of
-
-
-def generate_missing(
-    store: ImageStore,
-    backends: Backends,
-    requests: dict[str, GenerationRequest],
-    batch_size: int,
-    description: str,
-) -> tuple[int, int]:
-    """Generate the ``requests`` whose key ``store`` lacks, ``batch_size`` at a time, storing each batch as it
-    returns (a killed run keeps every finished batch); return ``(images generated, generator calls)``.
-
-    Batches may mix prompts. The generator is built only if an image is missing.
-    """
-    missing = [key for key in requests if not store.has(key)]
-    batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
-    if batches:
-        generator = backends.generator
-        for batch in track(batches, description):
-            images = generator.generate([requests[key] for key in batch])
-            if len(images) != len(batch):
-                raise RuntimeError(
-                    f"generator {generator.name} returned {len(images)} images for {len(batch)} requests"
-                )
-            for key, image in zip(batch, images, strict=True):
-                store.put(key, image)
-    return len(missing), len(batches)
-
-
-def run(ctx: StageContext, jobs: list[StageJob]) -> None:
-    """Generate (or reuse) the images of every candidate concept of ``job.neurons`` and write each layer's artifact."""
+def compute(ctx: StageContext, work: NeuronWork) -> tuple[Generations, dict[str, int]]:
+    """Make sure each candidate concept of ``work.neurons`` of one layer has its Q images in the image store (reused
+    or generated); return the neurons' concepts with their image ids, and what this run generated."""
     template = parse_template(ctx.prompt_text(PROMPT_FILE))
-    for job in jobs:
-        _synthesize_layer(ctx, job, template)
-
-
-def _synthesize_layer(ctx: StageContext, job: StageJob, template: str) -> None:
-    """Read the job's concepts, make sure each has its Q images in the store and write its :class:`Generations`."""
-    started = time.perf_counter()
     config = ctx.config.synthesize
     name = ctx.backends.generator_name()
-    store = image_store(ctx)
-    # 1. Each neuron's candidate concepts; neurons that failed upstream are carried over as failed.
-    usable, failed = split_upstream(job, "summarize", Concepts, lambda entry: entry.concepts, "no candidate concepts")
-    results = {neuron: NeuronGenerations(neuron=neuron, failed=reason) for neuron, reason in failed.items()}
-    concepts: dict[int, list[str]] = {neuron: entry.concepts for neuron, entry in usable.items()}
+    store = image_store(ctx.config.output_dir)
+    # 1. Each neuron's candidate concepts (the kernel has carried neurons that failed upstream over as failed).
+    concepts: dict[int, list[str]] = {neuron: entry.concepts for neuron, entry in work.entries["summarize"].items()}
     # 2. Q requests per distinct concept of the layer, each under the key of everything that makes its pixels.
     distinct = dict.fromkeys(concept for labels in concepts.values() for concept in labels)
     prompts = {concept: template.format(concept=concept) for concept in distinct}
     requests, image_ids = plan_images(prompts, config.images_per_concept, ctx.config.seed, name)
     # 3-4. Images already in the store (any neuron, layer or run) are reused; the rest are generated and stored.
-    generated, calls = generate_missing(store, ctx.backends, requests, config.batch_size, f"synthesize {job.layer}")
+    generated, calls = generate_missing(store, ctx.backends, requests, config.batch_size, f"synthesize {work.layer}")
     # 5. Per neuron: each of its concepts with the prompt and the ids of its images.
-    for neuron, labels in concepts.items():
-        entries = [ConceptImages(concept=c, prompt=prompts[c], image_ids=image_ids[c]) for c in labels]
-        results[neuron] = NeuronGenerations(neuron=neuron, concepts=entries)
-    # 6. Write the layer's artifact (merged with earlier neurons) and what this run generated.
-    artifact = Generations(layer=job.layer, generator=name, neurons=[results[n] for n in sorted(results)])
+    neurons = [
+        NeuronGenerations(
+            neuron=neuron,
+            concepts=[ConceptImages(concept=c, prompt=prompts[c], image_ids=image_ids[c]) for c in labels],
+        )
+        for neuron, labels in concepts.items()
+    ]
     counts = {
         "unique_concepts": len(prompts),
         "images_requested": len(requests),
@@ -150,7 +77,7 @@ def _synthesize_layer(ctx: StageContext, job: StageJob, template: str) -> None:
         "cache_hits": len(requests) - generated,
         "generator_calls": calls,
     }
-    ctx.write_per_neuron(job, artifact, time.perf_counter() - started, counts)
+    return Generations(layer=work.layer, generator=name, neurons=neurons), counts
 
 
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
@@ -162,9 +89,9 @@ SPEC = StageSpec(
     version=1,
     needs=("summarize",),
     config_sections=("synthesize",),
-    run=run,
     artifact=Generations,
+    compute=compute,
+    requires={"summarize": Requirement(lambda entry: entry.concepts, "no candidate concepts")},
     prompts=(PROMPT_FILE,),
     extra_inputs=_extra_inputs,
-    per_neuron=True,
 )

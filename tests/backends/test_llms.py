@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnd.backends.llms import ChatRequest, LocalConceptLLM, OpenAIConceptLLM, build_concept_llm
+from dnd.backends.chat import ChatRequest
+from dnd.backends.llms import LocalConceptLLM, OpenAIConceptLLM, build_concept_llm
 from dnd.backends.openai_client import read_api_key
 from dnd.config import OpenAIConfig, SummarizeConfig
 from dnd.errors import DnDError, ModelLoadError

@@ -11,11 +11,11 @@ import importlib.util
 import pytest
 import torch
 
+from dnd.activations import load_activations
 from dnd.artifacts import TopImages
 from dnd.config import load_config
 from dnd.data import open_probe
 from dnd.pipeline import Pipeline
-from dnd.stages.record import load_activations
 
 
 def top1(tmp_path, overrides: list[str], output_layer: str) -> float:

@@ -13,9 +13,8 @@ from PIL import Image
 from dnd.artifacts import Captions, Exemplars, TopImages
 from dnd.backends import Backends
 from dnd.backends import captioners as captioners_module
+from dnd.exemplars import pixel_hash, render_exemplar
 from dnd.pipeline import Pipeline
-from dnd.stages.caption import pixel_hash
-from dnd.stages.crop import render_exemplar
 from tests.helpers import make_config
 from tests.tiny_models import BLIP_VOCAB, tiny_blip
 
@@ -71,7 +70,13 @@ def test_an_image_shared_by_neurons_or_files_is_captioned_once(tmp_path, image_f
     captions, counts = caption_stage(pipeline)
 
     # Both neurons have all 13 images as exemplars: 26 exemplars, 12 distinct pixel contents, batches of 5, 5, 2.
-    assert counts == {"unique_images": 12, "captioned": 12, "cache_hits": 0, "captioner_calls": 3}
+    assert counts == {
+        "unique_images": 12,
+        "captioned": 12,
+        "cache_hits": 0,
+        "captioner_calls": 3,
+        "failed_neurons": 0,
+    }
     assert (fake.calls, fake.images) == (3, 12)
     assert captions.captioner == fake.name  # an injected captioner keys the cache by its own name
     exemplars = load_stage(pipeline, "crop", Exemplars)
@@ -93,7 +98,7 @@ def test_a_killed_run_keeps_every_finished_batch(tmp_path, image_folder, mixer):
 
     survivor = CountingCaptioner()
     _, counts = caption_stage(Pipeline(config, Backends(config, target=mixer, captioner=survivor)))
-    assert counts == {"unique_images": 12, "captioned": 7, "cache_hits": 5, "captioner_calls": 2}
+    assert counts == {"unique_images": 12, "captioned": 7, "cache_hits": 5, "captioner_calls": 2, "failed_neurons": 0}
     assert (survivor.calls, survivor.images) == (2, 7)
 
 
@@ -155,6 +160,7 @@ def test_a_larger_run_captions_only_the_new_images(tmp_path, image_folder, mixer
         "captioned": len(new - old),
         "cache_hits": len(new & old),
         "captioner_calls": 1,
+        "failed_neurons": 0,
     }
     assert fake.images == 6 + len(new - old)
     assert [entry.neuron for entry in both.neurons] == [0, 2]

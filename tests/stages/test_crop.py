@@ -13,8 +13,9 @@ from PIL import Image
 from dnd.artifacts import CropBox, Exemplars, TopImages
 from dnd.backends.targets import TargetNetwork, load_target, summarize
 from dnd.config import TargetConfig
+from dnd.exemplars import render_exemplar
 from dnd.pipeline import Pipeline
-from dnd.stages.crop import attention_boxes, iou, render_exemplar
+from dnd.stages.crop import attention_boxes, iou
 from tests.helpers import ChannelMixer, backends_for, make_config, to_tensor
 
 RULES = {"max_crops": 4, "max_iou_between": 0.5, "max_iou_with_image": 0.8}
@@ -147,7 +148,13 @@ def test_crops_around_the_square_outrank_the_originals(tmp_path, squares, mixer)
     top = pipeline.store.load("conv", "record", pipeline.key("record", "conv"), TopImages)
 
     assert exemplars.cropped
-    assert manifest["counts"] == {"images_loaded": 5, "unreadable_images": 0, "crops": 6, "forward_batches": 2}
+    assert manifest["counts"] == {
+        "images_loaded": 5,
+        "unreadable_images": 0,
+        "crops": 6,
+        "forward_batches": 2,
+        "failed_neurons": 0,
+    }
     assert mixer.module.forward_calls == 2 + 2  # record: 6 images in batches of 4; crop: one batch each pass
     same_network = TargetNetwork("mixer-copy", ChannelMixer(), to_tensor)  # for checks that must not count calls
     for entry, recorded in zip(exemplars.neurons, top.neurons, strict=True):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from dnd.activations import load_activations
 from dnd.artifacts import TopImages
 from dnd.backends.targets import TargetNetwork
 from dnd.errors import DnDError
 from dnd.pipeline import Pipeline
-from dnd.stages.record import load_activations
 from tests.helpers import ChannelMixer, backends_for, make_config, to_tensor, write_images
 
 

@@ -16,14 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-import dnd.pipeline as pipeline_module
 from dnd.artifacts import ConceptImages, Generations, Labels, NeuronGenerations
 from dnd.backends import Backends
 from dnd.compare.readers import read_labels
-from dnd.pipeline import Pipeline, StageSpec
+from dnd.exemplars import pixel_hash
+from dnd.image_store import image_store
+from dnd.pipeline import Pipeline
 from dnd.stages import crop, record, score
-from dnd.stages.caption import pixel_hash
-from dnd.stages.synthesize import image_store
+from dnd.stages.base import StageSpec
 from dnd.store import content_key, read_model
 from tests.helpers import make_config
 from tests.tiny_models import tiny_clip
@@ -120,28 +120,29 @@ class ColourClip:
 def synthesize_stage() -> StageSpec:
     """Stands in for stage 5: each concept's solid images, stored once in the image store under ``output_dir``."""
 
-    def run(ctx, jobs):
-        store = image_store(ctx)
-        for job in jobs:
-            entries = []
-            for neuron in job.neurons:
-                concepts = CONCEPTS[neuron]
-                if isinstance(concepts, str):
-                    entries.append(NeuronGenerations(neuron=neuron, failed=concepts))
-                    continue
-                images = []
-                for concept in concepts:
-                    ids = [image_id(concept, i) for i in range(len(COLOURS[concept]))]
-                    for key, colour in zip(ids, COLOURS[concept], strict=True):
-                        if not store.has(key):
-                            store.put(key, solid(colour))
-                    images.append(
-                        ConceptImages(concept=concept, prompt=f"One realistic image of {concept}", image_ids=ids)
-                    )
-                entries.append(NeuronGenerations(neuron=neuron, concepts=images))
-            ctx.write_per_neuron(job, Generations(layer=job.layer, generator="solid", neurons=entries), 0.0, {})
+    def compute(ctx, work):
+        store = image_store(ctx.config.output_dir)
+        entries = []
+        for neuron in work.neurons:
+            concepts = CONCEPTS[neuron]
+            if isinstance(concepts, str):
+                entries.append(NeuronGenerations(neuron=neuron, failed=concepts))
+                continue
+            images = []
+            for concept in concepts:
+                ids = [image_id(concept, i) for i in range(len(COLOURS[concept]))]
+                for key, colour in zip(ids, COLOURS[concept], strict=True):
+                    if not store.has(key):
+                        store.put(key, solid(colour))
+                images.append(ConceptImages(concept=concept, prompt=f"One realistic image of {concept}", image_ids=ids))
+            entries.append(NeuronGenerations(neuron=neuron, concepts=images))
+        return Generations(layer=work.layer, generator="solid", neurons=entries), {}
 
-    return StageSpec("synthesize", 1, ("crop",), ("synthesize",), run, Generations, per_neuron=True)
+    return StageSpec("synthesize", 1, ("crop",), ("synthesize",), Generations, compute=compute)
+
+
+#: Stages 1-2, the stand-in for stage 5, and stage 6.
+STAGES = [record.SPEC, crop.SPEC, synthesize_stage(), score.SPEC]
 
 
 class Run:
@@ -155,7 +156,7 @@ class Run:
                 solid(colour).save(probe / name)
         self.mixer, self.clip = mixer, ColourClip()
         self.config = make_config(tmp_path, probe, *OVERRIDES, *overrides)
-        self.pipeline = Pipeline(self.config, Backends(self.config, target=mixer, clip=self.clip))
+        self.pipeline = Pipeline(self.config, Backends(self.config, target=mixer, clip=self.clip), stages=STAGES)
 
     def score(self, neurons: list[int] | None = None, force: bool = False) -> tuple[Labels, dict[str, int], int]:
         """``(Labels, manifest counts, target forward calls made by stage 6)``."""
@@ -168,13 +169,6 @@ class Run:
     @property
     def layer_dir(self) -> Path:
         return self.config.output_dir / self.config.name / LAYER
-
-
-@pytest.fixture(autouse=True)
-def stages(monkeypatch):
-    monkeypatch.setattr(
-        pipeline_module, "available_stages", lambda: [record.SPEC, crop.SPEC, synthesize_stage(), score.SPEC]
-    )
 
 
 def test_labels_scores_and_exports_match_hand_computation(tmp_path, mixer):
@@ -251,7 +245,7 @@ def test_a_missing_generated_image_fails_only_the_neurons_using_it(tmp_path, mix
     run = Run(tmp_path, mixer)
     run.pipeline.run_until("synthesize", [LAYER])
     missing = image_id("crimson things", 1)  # only neuron 0 has crimson things
-    image_store(run.pipeline.context).path(missing).unlink()
+    image_store(run.config.output_dir).path(missing).unlink()
 
     labels, counts, _ = run.score()
     zero, one, _ = labels.neurons
@@ -274,9 +268,9 @@ def test_an_unreadable_exemplar_fails_its_neuron(tmp_path, mixer):
 
 
 def test_the_real_clip_embedder_from_a_saved_tiny_clip(tmp_path, mixer):
-    # score.clip_model names a tiny random CLIP folder and no CLIP double is given: Backends builds ClipEmbedder.
-    run = Run(tmp_path, mixer, f"score.clip_model={tiny_clip(tmp_path / 'clip')}")
-    run.pipeline = Pipeline(run.config, Backends(run.config, target=mixer))
+    # embed.clip_model names a tiny random CLIP folder and no CLIP double is given: Backends builds ClipEmbedder.
+    run = Run(tmp_path, mixer, f"embed.clip_model={tiny_clip(tmp_path / 'clip')}")
+    run.pipeline = Pipeline(run.config, Backends(run.config, target=mixer), stages=STAGES)
     labels, counts, _ = run.score()
 
     zero = labels.neurons[0]

@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dnd.pipeline as pipeline_module
 from dnd.artifacts import Caption, Captions, Concepts, NeuronCaptions, TokenUsage
 from dnd.backends import Backends
-from dnd.backends.llms import ChatReply, ChatRequest, OpenAIConceptLLM
+from dnd.backends.chat import ChatReply, ChatRequest
+from dnd.backends.llms import OpenAIConceptLLM
 from dnd.config import OpenAIConfig
 from dnd.errors import DnDError
-from dnd.pipeline import Pipeline, StageSpec
+from dnd.pipeline import Pipeline
 from dnd.stages import record, summarize
+from dnd.stages.base import StageSpec
 from dnd.stages.summarize import ChatTemplate, parse_answer
 from dnd.store import read_model
 from tests.helpers import make_config
@@ -104,28 +105,28 @@ class NoLLM(Backends):
 def caption_stage(captions: dict[int, list[str] | str]) -> StageSpec:
     """Stands in for stage 3: 'captions' each neuron with the given texts (a string is a failure reason)."""
 
-    def run(ctx, jobs):
-        for job in jobs:
-            entries = []
-            for neuron in job.neurons:
-                texts = captions[neuron]
-                if isinstance(texts, str):
-                    entries.append(NeuronCaptions(neuron=neuron, failed=texts))
-                else:
-                    images = [Caption(image_id=f"img{i:03d}.png", text=text) for i, text in enumerate(texts)]
-                    entries.append(NeuronCaptions(neuron=neuron, captions=images))
-            ctx.write_per_neuron(job, Captions(layer=job.layer, captioner="stand-in", neurons=entries), 0.0, {})
+    def compute(ctx, work):
+        entries = []
+        for neuron in work.neurons:
+            texts = captions[neuron]
+            if isinstance(texts, str):
+                entries.append(NeuronCaptions(neuron=neuron, failed=texts))
+            else:
+                images = [Caption(image_id=f"img{i:03d}.png", text=text) for i, text in enumerate(texts)]
+                entries.append(NeuronCaptions(neuron=neuron, captions=images))
+        return Captions(layer=work.layer, captioner="stand-in", neurons=entries), {}
 
-    return StageSpec("caption", 1, ("record",), ("caption",), run, Captions, per_neuron=True)
+    return StageSpec("caption", 1, ("record",), ("caption",), Captions, compute=compute)
+
+
+#: Stage 1, the stand-in for stage 3, and stage 4.
+STAGES = [record.SPEC, caption_stage(CAPTIONS), summarize.SPEC]
 
 
 @pytest.fixture
-def run_stage(tmp_path, image_folder, mixer, monkeypatch):
+def run_stage(tmp_path, image_folder, mixer):
     """``run_stage(llm, *overrides, out="a", ...)`` → (Concepts, manifest counts) of layer ``head``, captioned with
     :data:`CAPTIONS`."""
-    monkeypatch.setattr(
-        pipeline_module, "available_stages", lambda: [record.SPEC, caption_stage(CAPTIONS), summarize.SPEC]
-    )
 
     def run(
         llm,
@@ -136,7 +137,7 @@ def run_stage(tmp_path, image_folder, mixer, monkeypatch):
         backends: type[Backends] = Backends,
     ) -> tuple[Concepts, dict[str, int]]:
         config = make_config(tmp_path / out, image_folder, *overrides)
-        pipeline = Pipeline(config, backends(config, target=mixer, concept_llm=llm), prompts_dir=PROMPTS)
+        pipeline = Pipeline(config, backends(config, target=mixer, concept_llm=llm), prompts_dir=PROMPTS, stages=STAGES)
         folder = pipeline.run_until("summarize", [LAYER], neurons, {"summarize"} if force else None)[LAYER]
         counts = json.loads((folder / "manifest.json").read_text())["counts"]
         return read_model(folder / "artifact.json", Concepts), counts

@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dnd.pipeline as pipeline_module
 from dnd.artifacts import Concepts, Generations, NeuronConcepts
 from dnd.backends import Backends
 from dnd.backends.generators import GenerationRequest, generator_name
 from dnd.errors import DnDError
-from dnd.pipeline import Pipeline, StageSpec
+from dnd.image_store import ImageStore, image_seed, image_store
+from dnd.pipeline import Pipeline
 from dnd.stages import record, synthesize
-from dnd.stages.synthesize import image_seed, parse_template
-from dnd.store import ImageStore, content_key, read_model
+from dnd.stages.base import StageSpec
+from dnd.stages.synthesize import parse_template
+from dnd.store import content_key, read_model
 from tests.helpers import make_config
 from tests.tiny_models import TINY_IMAGE_SIZE, tiny_stable_diffusion
 
@@ -78,30 +79,25 @@ class NoGenerator(Backends):
 def summarize_stage(concepts: dict[int, list[str] | str]) -> StageSpec:
     """Stands in for stages 3-4: gives each neuron the given concepts (a string is a failure reason)."""
 
-    def run(ctx, jobs):
-        for job in jobs:
-            entries = []
-            for neuron in job.neurons:
-                given = concepts[neuron]
-                if isinstance(given, str):
-                    entries.append(NeuronConcepts(neuron=neuron, failed=given))
-                else:
-                    entries.append(NeuronConcepts(neuron=neuron, concepts=given))
-            ctx.write_per_neuron(job, Concepts(layer=job.layer, llm="stand-in", neurons=entries), 0.0, {})
+    def compute(ctx, work):
+        entries = []
+        for neuron in work.neurons:
+            given = concepts[neuron]
+            if isinstance(given, str):
+                entries.append(NeuronConcepts(neuron=neuron, failed=given))
+            else:
+                entries.append(NeuronConcepts(neuron=neuron, concepts=given))
+        return Concepts(layer=work.layer, llm="stand-in", neurons=entries), {}
 
-    return StageSpec("summarize", 1, ("record",), ("summarize",), run, Concepts, per_neuron=True)
+    return StageSpec("summarize", 1, ("record",), ("summarize",), Concepts, compute=compute)
 
 
-@pytest.fixture
-def stand_in(monkeypatch) -> None:
-    """The stages are record, the stand-in for stages 3-4 with :data:`CONCEPTS`, and synthesize."""
-    monkeypatch.setattr(
-        pipeline_module, "available_stages", lambda: [record.SPEC, summarize_stage(CONCEPTS), synthesize.SPEC]
-    )
+#: Stage 1, the stand-in for stages 3-4 with :data:`CONCEPTS`, and stage 5.
+STAGES = [record.SPEC, summarize_stage(CONCEPTS), synthesize.SPEC]
 
 
 @pytest.fixture
-def run_stage(tmp_path, image_folder, mixer, stand_in):
+def run_stage(tmp_path, image_folder, mixer):
     """``run_stage(generator, *overrides, out="a", ...)`` → (Generations, manifest counts) of layer ``head``."""
 
     def run(
@@ -113,7 +109,9 @@ def run_stage(tmp_path, image_folder, mixer, stand_in):
         backends: type[Backends] = Backends,
     ) -> tuple[Generations, dict[str, int]]:
         config = make_config(tmp_path / out, image_folder, f"synthesize.images_per_concept={Q}", *overrides)
-        pipeline = Pipeline(config, backends(config, target=mixer, generator=generator), prompts_dir=PROMPTS)
+        pipeline = Pipeline(
+            config, backends(config, target=mixer, generator=generator), prompts_dir=PROMPTS, stages=STAGES
+        )
         folder = pipeline.run_until("synthesize", [LAYER], neurons, {"synthesize"} if force else None)[LAYER]
         counts = json.loads((folder / "manifest.json").read_text())["counts"]
         return read_model(folder / "artifact.json", Generations), counts
@@ -122,7 +120,7 @@ def run_stage(tmp_path, image_folder, mixer, stand_in):
 
 
 def store_of(tmp_path: Path, out: str = "a") -> ImageStore:
-    return ImageStore(tmp_path / out / "outputs" / "images")
+    return image_store(tmp_path / out / "outputs")
 
 
 def stored_files(tmp_path: Path, out: str = "a") -> list[Path]:
@@ -145,6 +143,7 @@ def test_each_concept_is_generated_once_for_every_neuron_that_proposes_it(run_st
         "images_generated": 3 * Q,
         "cache_hits": 0,
         "generator_calls": 2,
+        "failed_neurons": 1,
     }
     assert generations.generator == "fake:solid-colour"
     by_neuron = {entry.neuron: entry for entry in generations.neurons}
@@ -192,6 +191,7 @@ def test_more_neurons_later_generate_only_the_new_concepts(run_stage, tmp_path):
         "images_generated": Q,
         "cache_hits": Q,
         "generator_calls": 1,
+        "failed_neurons": 1,
     }
     assert len(stored_files(tmp_path)) == 3 * Q
 
@@ -269,7 +269,7 @@ def test_the_prompt_template_is_read_from_its_file():
         parse_template("## prompt\nOne {realistic image of {concept}\n")
 
 
-def test_generates_with_a_tiny_real_stable_diffusion(tmp_path, image_folder, mixer, stand_in):
+def test_generates_with_a_tiny_real_stable_diffusion(tmp_path, image_folder, mixer):
     model = tiny_stable_diffusion(tmp_path / "tiny-sd")
     config = make_config(
         tmp_path,
@@ -280,7 +280,7 @@ def test_generates_with_a_tiny_real_stable_diffusion(tmp_path, image_folder, mix
         "synthesize.images_per_concept=2",
         "synthesize.batch_size=4",
     )
-    pipeline = Pipeline(config, Backends(config, target=mixer), prompts_dir=PROMPTS)
+    pipeline = Pipeline(config, Backends(config, target=mixer), prompts_dir=PROMPTS, stages=STAGES)
 
     folder = pipeline.run_until("synthesize", [LAYER])[LAYER]
 
@@ -288,12 +288,12 @@ def test_generates_with_a_tiny_real_stable_diffusion(tmp_path, image_folder, mix
     assert generations.generator == generator_name(config.synthesize)
     counts = json.loads((folder / "manifest.json").read_text())["counts"]
     assert counts["images_generated"] == 6 and counts["generator_calls"] == 2
-    store = ImageStore(config.output_dir / "images")
+    store = image_store(config.output_dir)
     zebra = generations.neurons[0].concepts[1]
     images = [np.asarray(store.load(image_id)) for image_id in zebra.image_ids]
     assert all(image.shape == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3) for image in images)
     assert not np.array_equal(images[0], images[1])  # two seeds, two images
 
-    again = Pipeline(config, NoGenerator(config, target=mixer), prompts_dir=PROMPTS)
+    again = Pipeline(config, NoGenerator(config, target=mixer), prompts_dir=PROMPTS, stages=STAGES)
     assert again.run_until("synthesize", [LAYER], force_stages={"synthesize"})[LAYER] == folder
     assert read_model(folder / "artifact.json", Generations) == generations
