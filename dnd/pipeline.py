@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dnd import layout
 from dnd.artifacts import TopImages
 from dnd.backends import Backends
 from dnd.config import RunConfig, key_fields
@@ -40,7 +41,7 @@ class Pipeline:
     ):
         self.config = config
         self.backends = backends or Backends(config)
-        self.store = StageStore(config.output_dir / config.name)
+        self.store = StageStore(layout.run_dir(config.output_dir, config.name))
         self.context = StageContext(config, self.backends, self.store, prompts_dir or config.prompts_dir)
         self.stages = {spec.name: spec for spec in (STAGES if stages is None else stages)}
         for position, spec in enumerate(self.stages.values()):
@@ -171,10 +172,9 @@ class Pipeline:
         if not spec.per_neuron:
             return job if forced or not complete else None
         job.neurons = self._requested_neurons(layer, neurons)
-        if complete:
-            job.existing = self._load(layer, spec.name)
-            if not forced:
-                job.neurons = [n for n in job.neurons if n not in job.existing.done()]
+        if complete and not forced:
+            done = self._load(layer, spec.name).done()
+            job.neurons = [neuron for neuron in job.neurons if neuron not in done]
         return job if job.neurons else None
 
     def _load(self, layer: str, stage: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -66,6 +67,20 @@ def test_layers_lists_module_paths_with_shapes(cifar_config):
     result = invoke("layers", "--config", cifar_config, "--contains", "layer3.2")
     assert result.exit_code == 0, result.output
     assert "layer3.2.conv2" in result.output and "64 × 8 × 8" in result.output
+
+
+def test_force_on_some_neurons_keeps_the_others(tmp_path):
+    config = write_cifar_config(tmp_path, layers=["layer3"], record={"top_k": 4}, stop_after="crop")
+    result = invoke("describe", "--config", config, "--neurons", "0-15")
+    assert result.exit_code == 0, result.output
+    crop = next((tmp_path / "outputs" / "cli" / "layer3").glob("crop-*")) / "artifact.json"
+    before = json.loads(crop.read_text())["neurons"]
+
+    for args in (["run", "crop"], ["describe"]):
+        result = invoke(*args, "--config", config, "--neurons", "0-3", "--force")
+        assert result.exit_code == 0, result.output
+        assert "crop       16 neurons (0 failed), with attention crops" in result.output
+        assert json.loads(crop.read_text())["neurons"] == before
 
 
 def test_help_texts_have_examples():

@@ -8,7 +8,7 @@ A stage is one of two kinds:
   backend-call counts. The kernel does the rest, the same way for every such stage (:func:`run_neurons`): time it,
   read the upstream artifacts, carry neurons that failed upstream forward with their reason, add them to what
   ``compute`` returned, merge the result with the neurons an earlier run stored under the same key (the new entries
-  win, the others are kept byte for byte) and write the stage folder with its manifest.
+  win, the others are kept as they are) and write the stage folder with its manifest.
 
 The pipeline (:mod:`dnd.pipeline`) decides which stages and neurons are due and hands them over as
 :class:`StageJob` s; this module never decides what is stale.
@@ -111,7 +111,6 @@ class StageJob:
     key_inputs: dict[str, Any]
     upstream: dict[str, StageOutput] = field(default_factory=dict)
     neurons: list[int] | None = None  # per-neuron stages: the neurons to compute
-    existing: PerNeuronArtifact | None = None  # per-neuron stages: what an earlier run stored under this key
 
     @property
     def stage(self) -> str:
@@ -186,7 +185,8 @@ def run_stage(spec: StageSpec, ctx: StageContext, jobs: list[StageJob]) -> None:
 
 
 def run_neurons(spec: StageSpec, ctx: StageContext, job: StageJob) -> None:
-    """Compute ``job.neurons`` of a per-neuron stage for ``job.layer`` and store them beside ``job.existing``'s.
+    """Compute ``job.neurons`` of a per-neuron stage for ``job.layer`` and store them beside the neurons the stage's
+    folder already holds (their entries are kept as they are; those of ``job.neurons`` are replaced).
 
     Any subset of a layer's neurons can be computed this way, in any order: the unit of work that can be split.
     """
@@ -208,8 +208,8 @@ def run_neurons(spec: StageSpec, ctx: StageContext, job: StageJob) -> None:
         key=lambda entry: entry.neuron,
     )
     counts = {**counts, "failed_neurons": sum(entry.failed is not None for entry in artifact.neurons)}
-    if job.existing is not None:
-        artifact = artifact.merged_over(job.existing)
+    if ctx.store.is_complete(job.layer, spec.name, job.key):  # read now, so that each piece of split work adds up
+        artifact = artifact.merged_over(ctx.store.load(job.layer, spec.name, job.key, spec.artifact))
     # 4. One stage folder, written atomically.
     with ctx.store.writing(job.layer, spec.name, job.key) as out:
         write_model(out / ARTIFACT_FILE, artifact)
@@ -223,23 +223,19 @@ def read_upstream(spec: StageSpec, job: StageJob) -> tuple[NeuronWork, dict[int,
     failed: ..."), so a failure travels to the last stage with its cause. Needed stages are checked in the order of
     ``spec.requires`` and then ``spec.needs``; the first that stops a neuron gives its reason.
     """
-    upstream: dict[str, BaseModel] = {}
-    entries: dict[str, dict[int, Any]] = {}
+    order = [*spec.requires, *(name for name in spec.needs if name not in spec.requires)]
+    upstream = {stage: job.upstream[stage].read() for stage in order}
+    by_neuron = {stage: {entry.neuron: entry for entry in getattr(upstream[stage], "neurons", [])} for stage in order}
+    neurons = sorted(job.neurons or [])
     failed: dict[int, str] = {}
-    for stage in [*spec.requires, *(name for name in spec.needs if name not in spec.requires)]:
-        upstream[stage] = job.upstream[stage].read()
-        by_neuron = {entry.neuron: entry for entry in getattr(upstream[stage], "neurons", [])}
+    for stage in order:
         requirement = spec.requires.get(stage, Requirement())
-        entries[stage] = {}
-        for neuron in sorted(job.neurons or []):
-            entry = by_neuron.get(neuron)
-            reason = _stops(stage, entry, requirement)
-            if reason is None:
-                entries[stage][neuron] = entry
-            else:
-                failed.setdefault(neuron, reason)
-    usable = [neuron for neuron in sorted(job.neurons or []) if neuron not in failed]
-    entries = {stage: {n: by_neuron[n] for n in usable} for stage, by_neuron in entries.items()}
+        for neuron in neurons:
+            reason = None if neuron in failed else _stops(stage, by_neuron[stage].get(neuron), requirement)
+            if reason is not None:
+                failed[neuron] = reason
+    usable = [neuron for neuron in neurons if neuron not in failed]
+    entries = {stage: {neuron: by_neuron[stage][neuron] for neuron in usable} for stage in order}
     return NeuronWork(job.layer, usable, upstream, entries), dict(sorted(failed.items()))
 
 
