@@ -25,14 +25,15 @@ from benchmarks.common import IMAGENET_SAMPLES, ROOT
 from dnd.artifacts import Concepts, Exemplars
 from dnd.backends import Backends
 from dnd.config import load_config
+from dnd.layout import ARTIFACT_FILE, MANIFEST_FILE
 from dnd.pipeline import Pipeline
+from dnd.stages.registry import STAGE_NAMES as STAGES
 from dnd.store import read_model
 from tests.tiny_models import tiny_clip, tiny_stable_diffusion
 
 NEURONS = list(range(8))
 IMAGES = 200
 LAYER = "blocks.10"
-STAGES = ("record", "crop", "caption", "summarize", "synthesize", "score")
 
 
 def run() -> dict[str, Any]:
@@ -96,7 +97,7 @@ class WordsCaptioner:
 def _manifests(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     return {
         stage: json.loads(
-            (pipeline.store.stage_dir(LAYER, stage, pipeline.key(stage, LAYER)) / "manifest.json").read_text()
+            (pipeline.store.stage_dir(LAYER, stage, pipeline.key(stage, LAYER)) / MANIFEST_FILE).read_text()
         )
         for stage in STAGES
     }
@@ -105,8 +106,8 @@ def _manifests(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
 def _report(pipeline: Pipeline, images_captioned: int) -> dict[str, Any]:
     manifests = _manifests(pipeline)
     folder = {stage: pipeline.store.stage_dir(LAYER, stage, pipeline.key(stage, LAYER)) for stage in STAGES}
-    exemplars = read_model(folder["crop"] / "artifact.json", Exemplars)
-    concepts = read_model(folder["summarize"] / "artifact.json", Concepts)
+    exemplars = read_model(folder["crop"] / ARTIFACT_FILE, Exemplars)
+    concepts = read_model(folder["summarize"] / ARTIFACT_FILE, Concepts)
     llm, synthesis = manifests["summarize"]["counts"], manifests["synthesize"]["counts"]
     q = pipeline.config.synthesize.images_per_concept
     candidates = sum(len(entry.concepts) for entry in concepts.neurons)

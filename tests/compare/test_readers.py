@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dnd.compare.readers import read_dnd, read_label_source, read_labels, read_netdissect
+from dnd.compare.readers import read_label_source, read_labels
 from dnd.errors import DnDError
 
 
@@ -101,7 +101,8 @@ def test_dnd_blank_labels_and_bad_ids(tmp_path):
         "net_layer4.csv",
         "Neuron ID,Label 1,Label 2,Label 3\n3,dogs, ,\n4, , ,\n-1,cats,,\n7,birds\n",
     )
-    labels = read_dnd(path)
+    labels = read_labels(path)
+    assert labels.method == "dnd"
     assert [(row.layer, row.unit, row.labels) for row in labels.rows] == [
         ("layer4", 3, ["dogs"]),
         ("layer4", 7, ["birds"]),
@@ -111,7 +112,8 @@ def test_dnd_blank_labels_and_bad_ids(tmp_path):
 
 def test_netdissect_unit_zero_is_reported(tmp_path):
     path = write(tmp_path, "net_fc.csv", "unit,category,label,score\n1,texture,scaly,0.1\n0,object,dog,0.2\n")
-    labels = read_netdissect(path)
+    labels = read_labels(path)
+    assert labels.method == "netdissect"
     assert [(row.unit, row.labels) for row in labels.rows] == [(0, ["scaly"])]
     assert labels.warnings == ["net_fc.csv:3: unit 0 is not 1-based (NetDissect numbers units from 1)"]
 
