@@ -1,8 +1,11 @@
-"""Test helpers: tiny networks with hand-computable activations, image folders and configs made on the fly."""
+"""Test helpers: tiny networks with hand-computable activations, image folders, configs and stand-in stages made on
+the fly."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,9 +13,11 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import functional as TF
 
+from dnd.artifacts import NeuronResult, PerNeuronArtifact
 from dnd.backends import Backends
 from dnd.backends.targets import TargetNetwork
 from dnd.config import RunConfig, load_config
+from dnd.stages.base import StageSpec, neuron_entry_type
 
 
 class ChannelMixer(nn.Module):
@@ -65,6 +70,28 @@ def make_config(tmp_path: Path, probe_path: Path, *overrides: str) -> RunConfig:
         "name=test",
     ]
     return load_config(None, [*base, *overrides])
+
+
+def stand_in_stage(
+    name: str,
+    needs: tuple[str, ...],
+    artifact: type[PerNeuronArtifact],
+    given: dict[int, Any],
+    entry: Callable[[int, Any], NeuronResult],
+    **fields: Any,
+) -> StageSpec:
+    """A per-neuron stage standing in for stage ``name``: neuron ``n``'s entry is ``entry(n, given[n])``, or a failure
+    with ``given[n]`` as its reason when that is a string; the artifact's other fields are ``fields``."""
+    failure = neuron_entry_type(artifact)  # a failed neuron's entry
+
+    def compute(_ctx, work):
+        entries = [
+            failure(neuron=n, failed=given[n]) if isinstance(given[n], str) else entry(n, given[n])
+            for n in work.neurons
+        ]
+        return artifact(layer=work.layer, neurons=entries, **fields), {}
+
+    return StageSpec(name, 1, needs, (name,), artifact, compute=compute)
 
 
 def backends_for(config: RunConfig, target: TargetNetwork) -> Backends:

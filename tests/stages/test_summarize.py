@@ -29,7 +29,7 @@ from dnd.stages import record, summarize
 from dnd.stages.base import StageSpec
 from dnd.stages.summarize import ChatTemplate, parse_answer
 from dnd.store import read_model
-from tests.helpers import make_config
+from tests.helpers import make_config, stand_in_stage
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 LAYER = "head"  # ChannelMixer's linear layer: neurons 0, 1, 2
@@ -105,18 +105,11 @@ class NoLLM(Backends):
 def caption_stage(captions: dict[int, list[str] | str]) -> StageSpec:
     """Stands in for stage 3: 'captions' each neuron with the given texts (a string is a failure reason)."""
 
-    def compute(ctx, work):
-        entries = []
-        for neuron in work.neurons:
-            texts = captions[neuron]
-            if isinstance(texts, str):
-                entries.append(NeuronCaptions(neuron=neuron, failed=texts))
-            else:
-                images = [Caption(image_id=f"img{i:03d}.png", text=text) for i, text in enumerate(texts)]
-                entries.append(NeuronCaptions(neuron=neuron, captions=images))
-        return Captions(layer=work.layer, captioner="stand-in", neurons=entries), {}
+    def entry(neuron: int, texts: list[str]) -> NeuronCaptions:
+        images = [Caption(image_id=f"img{i:03d}.png", text=text) for i, text in enumerate(texts)]
+        return NeuronCaptions(neuron=neuron, captions=images)
 
-    return StageSpec("caption", 1, ("record",), ("caption",), Captions, compute=compute)
+    return stand_in_stage("caption", ("record",), Captions, captions, entry, captioner="stand-in")
 
 
 #: Stage 1, the stand-in for stage 3, and stage 4.

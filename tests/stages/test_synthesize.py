@@ -26,7 +26,7 @@ from dnd.stages import record, synthesize
 from dnd.stages.base import StageSpec
 from dnd.stages.synthesize import parse_template
 from dnd.store import content_key, read_model
-from tests.helpers import make_config
+from tests.helpers import make_config, stand_in_stage
 from tests.tiny_models import TINY_IMAGE_SIZE, tiny_stable_diffusion
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
@@ -79,17 +79,10 @@ class NoGenerator(Backends):
 def summarize_stage(concepts: dict[int, list[str] | str]) -> StageSpec:
     """Stands in for stages 3-4: gives each neuron the given concepts (a string is a failure reason)."""
 
-    def compute(ctx, work):
-        entries = []
-        for neuron in work.neurons:
-            given = concepts[neuron]
-            if isinstance(given, str):
-                entries.append(NeuronConcepts(neuron=neuron, failed=given))
-            else:
-                entries.append(NeuronConcepts(neuron=neuron, concepts=given))
-        return Concepts(layer=work.layer, llm="stand-in", neurons=entries), {}
+    def entry(neuron: int, given: list[str]) -> NeuronConcepts:
+        return NeuronConcepts(neuron=neuron, concepts=given)
 
-    return StageSpec("summarize", 1, ("record",), ("summarize",), Concepts, compute=compute)
+    return stand_in_stage("summarize", ("record",), Concepts, concepts, entry, llm="stand-in")
 
 
 #: Stage 1, the stand-in for stages 3-4 with :data:`CONCEPTS`, and stage 5.
