@@ -11,9 +11,10 @@ run sharing the output folder asks the LLM only for what is missing, and loads i
 they are asked again next time. Token usage in the artifact counts each distinct reply the concepts rest on once
 (cached or not): a neuron's usage covers its summaries and the shortenings of its captions, the layer's usage every
 distinct reply of the run, so shortenings shared by several neurons appear in each of those neurons but once in the
-total. The manifest's counts say what this run did: ``llm_requests`` sent to the LLM and the ``prompt_tokens`` /
-``completion_tokens`` they cost, replies read from the cache (``cache_hits``), re-asks after an unusable answer
-(``reasks``, sent or cached) and ``failed_neurons``.
+total (a later run's usage joins it as :meth:`~dnd.artifacts.Concepts.merged_over` says). The manifest's counts say
+what this run did: ``llm_requests`` sent to the LLM and the ``prompt_tokens`` / ``completion_tokens`` they cost,
+replies read from the cache (``cache_hits``), re-asks after an unusable answer (``reasks``, sent or cached) and
+``failed_neurons``.
 """
 
 from __future__ import annotations
