@@ -112,10 +112,6 @@ class StageJob:
     upstream: dict[str, StageOutput] = field(default_factory=dict)
     neurons: list[int] | None = None  # per-neuron stages: the neurons to compute
 
-    @property
-    def stage(self) -> str:
-        return self.key_inputs["stage"]
-
 
 @dataclass
 class NeuronWork:
