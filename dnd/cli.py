@@ -47,6 +47,9 @@ SetOption = Annotated[
     ),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even when a cached result exists.")]
+ReportOption = Annotated[
+    bool, typer.Option("--report/--no-report", help="Write the layer's HTML report when the stages are done.")
+]
 
 
 @contextlib.contextmanager
@@ -78,8 +81,10 @@ def describe(
     neurons: NeuronsOption = None,
     set_: SetOption = None,
     force: ForceOption = False,
+    report: ReportOption = True,
 ) -> None:
-    """Run every stage for a layer (up to the config's stop_after), reusing whatever is cached.
+    """Run every stage for a layer (up to the config's stop_after), reusing whatever is cached, then write its
+    HTML report.
 
     Example: dnd describe --config configs/offline.yaml --layer blocks.10 --neurons 0-15
     """
@@ -89,6 +94,54 @@ def describe(
         chosen = parse_neurons(neurons)
         pipeline.describe(layers, chosen, force=force)
         _print_outputs(pipeline, layers, run_config.stop_after or list(pipeline.stages)[-1], chosen)
+        if report:
+            _write_reports(pipeline, layers)
+
+
+@app.command("report")
+def report_command(
+    config: ConfigOption = None,
+    layer: LayerOption = None,
+    neurons: NeuronsOption = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            help="Another method's labels: a CLIP-Dissect / DnD / MILAN / NetDissect file (PATH or PATH:LAYER) or "
+            "another run's score-<key> folder; adds its label, the per-neuron similarity and the agreement summary.",
+            show_default=False,
+        ),
+    ] = None,
+    embedder: Annotated[
+        str, typer.Option("--embedder", "-e", help="Text-embedding space of --compare: minilm, clip, mpnet or a model.")
+    ] = "minilm",
+    set_: SetOption = None,
+) -> None:
+    """Write a layer's HTML report from what the stages made: index.html and a page per neuron, beside the outputs.
+
+    Example: dnd report --config configs/offline.yaml --layer blocks.10 --compare descriptions.csv
+    """
+    with _user_errors():
+        run_config, pipeline = _setup(config, set_)
+        _write_reports(pipeline, _layers(run_config, layer), parse_neurons(neurons), compare, embedder)
+
+
+def _write_reports(
+    pipeline: Pipeline,
+    layers: list[str],
+    neurons: list[int] | None = None,
+    compare: str | None = None,
+    embedder: str = "minilm",
+) -> None:
+    from dnd.report.render import write_reports
+
+    for result in write_reports(pipeline, layers, neurons, compare, embedder):
+        thumbnails = result.thumbnails
+        out.print(
+            f"report {result.layer}: {result.index} ({result.neurons} neurons; thumbnails: {thumbnails.written} new, "
+            f"{thumbnails.reused} reused)",
+            highlight=False,
+        )
 
 
 @app.command("run")

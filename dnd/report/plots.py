@@ -20,13 +20,15 @@ def histogram_svg(values: list[float], title: str, xlabel: str, value_range: tup
     """An SVG histogram of ``values`` (finite ones; at least one), with the median marked."""
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     finite = sorted(v for v in values if math.isfinite(v))
     if not finite:
         raise ValueError("histogram_svg needs at least one finite value")
     median = statistics.median(finite)
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "dnd-report", "font.size": 9}):
-        figure = Figure(figsize=FIGURE_SIZE, dpi=72, layout="constrained")
+        figure = Figure(figsize=FIGURE_SIZE, dpi=72)
+        figure.subplots_adjust(left=0.13, right=0.97, top=0.9, bottom=0.16)
         axes = figure.add_subplot()
         axes.hist(finite, bins=BINS, range=value_range, color=BAR_COLOUR, edgecolor="white", linewidth=0.5)
         axes.axvline(median, color="#c0392b", linestyle="--", linewidth=1, label=f"median {median:.3g}")
@@ -36,6 +38,7 @@ def histogram_svg(values: list[float], title: str, xlabel: str, value_range: tup
         axes.legend(frameon=False, loc="upper left")
         axes.spines[["top", "right"]].set_visible(False)
         axes.ticklabel_format(axis="x", useOffset=False)  # values as they are, not as offsets from a constant
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # neurons are counted
         buffer = io.StringIO()
         figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     return buffer.getvalue()

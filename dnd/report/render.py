@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -46,6 +47,7 @@ STATUSES = ("ok", "failed", "incomplete")
 class ReportResult:
     """Where a report was written and what rendering it did."""
 
+    layer: str
     index: Path
     neurons: int
     thumbnails: GalleryCounts
@@ -62,6 +64,30 @@ class Plot:
 def report_dir(pipeline: Pipeline, layer: str) -> Path:
     """The report folder of ``layer``, beside the layer's stage outputs and exports."""
     return pipeline.store.root / layer / REPORT_FOLDER
+
+
+def write_reports(
+    pipeline: Pipeline,
+    layers: list[str],
+    neurons: list[int] | None = None,
+    compare: str | None = None,
+    embedder: str = "minilm",
+) -> Iterator[ReportResult]:
+    """Render the report of each of ``layers`` (see :func:`write_report`), yielding each result as it is done.
+
+    ``compare`` is a label source as `dnd compare` reads it (a file, ``PATH:LAYER``, a quoted glob or a run's
+    ``score-<key>`` folder); it is read once, and the text ``embedder`` loaded once, for every layer.
+    """
+    other = text_embedder = None
+    if compare is not None:
+        from dnd.backends.embedders import load_text_embedder
+        from dnd.backends.targets import resolve_device
+        from dnd.compare.readers import read_label_source
+
+        other = read_label_source(compare)
+        text_embedder = load_text_embedder(embedder, pipeline.config.embed, resolve_device(pipeline.config.device))
+    for layer in layers:
+        yield write_report(pipeline, layer, neurons, other, text_embedder)
 
 
 def write_report(
@@ -123,7 +149,7 @@ def write_report(
         atomic_write_text(root / NEURON_FOLDER / f"{view.unit}.html", template.render(**page, root="../", neuron=view))
     _write_assets(root)
     removed = gallery.prune() + _prune_pages(root, views)
-    return ReportResult(root / INDEX_FILE, len(views), counts, removed, time.perf_counter() - started)
+    return ReportResult(layer, root / INDEX_FILE, len(views), counts, removed, time.perf_counter() - started)
 
 
 def _environment(gallery: Gallery) -> jinja2.Environment:

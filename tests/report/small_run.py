@@ -47,30 +47,32 @@ OVERRIDES = (
 
 
 class ColourNet(nn.Module):
-    """``conv`` (1 × 1): channels red, green, blue, red + green; ``pool``: 4 × 4 average, ``head``: a linear read-out."""
+    """``conv`` (1 × 1): channels red, green, blue, red + green, then (``channels`` > 4) random non-negative colour
+    mixtures; ``pool``: 4 × 4 average; ``head``: a linear read-out."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 4) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, kernel_size=1, bias=False)
+        self.conv = nn.Conv2d(3, channels, kernel_size=1, bias=False)
         self.pool = nn.AvgPool2d(4)
-        self.head = nn.Linear(4, 2)
+        self.head = nn.Linear(channels, 2)
         with torch.no_grad():
-            weights = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0]]
-            self.conv.weight.copy_(torch.tensor(weights, dtype=torch.float32).view(4, 3, 1, 1))
+            weights = torch.rand(channels, 3, generator=torch.Generator().manual_seed(0))
+            weights[:4] = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0]])
+            self.conv.weight.copy_(weights.view(channels, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.conv(x)).mean(dim=(2, 3)))
 
 
-def write_probe(folder: Path, seed: int = 0) -> None:
-    """:data:`IMAGES` PNGs: a dark noisy background and one square of a random colour at a random place."""
+def write_probe(folder: Path, images: int = IMAGES, size: int = SIZE, seed: int = 0) -> None:
+    """``images`` PNGs of ``size`` pixels: a dark noisy background and one square of a colour at a random place."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     names = list(COLOURS)
-    for i in range(IMAGES):
-        pixels = rng.integers(0, 40, (SIZE, SIZE, 3)).astype(np.uint8)
-        side = int(rng.integers(8, 14))
-        x, y = (int(v) for v in rng.integers(0, SIZE - side, 2))
+    for i in range(images):
+        pixels = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
+        side = int(rng.integers(size // 4, size // 2))
+        x, y = (int(v) for v in rng.integers(0, size - side, 2))
         pixels[y : y + side, x : x + side] = COLOURS[names[i % 3]]
         Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
 
@@ -169,19 +171,30 @@ class SmallRun:
         return self.pipeline.store.root / LAYER
 
 
-def small_run(tmp_path: Path, *overrides: str, describe: bool = True) -> SmallRun:
-    """Build (and by default run) the small run under ``tmp_path``; prompts are a copy, free to edit."""
-    write_probe(tmp_path / "probe")
+def small_run(
+    tmp_path: Path,
+    *overrides: str,
+    describe: bool = True,
+    channels: int = 4,
+    images: int = IMAGES,
+    size: int = SIZE,
+    llm: ColourLLM | None = None,
+) -> SmallRun:
+    """Build (and by default run) the small run under ``tmp_path``; prompts are a copy, free to edit.
+
+    ``channels``, ``images``, ``size`` and ``llm`` make larger runs for benchmarks (``benchmarks/bench_report.py``).
+    """
+    write_probe(tmp_path / "probe", images, size)
     prompts = tmp_path / "prompts"
     if not prompts.is_dir():
         shutil.copytree(ROOT / "prompts", prompts)
     config = make_config(tmp_path, tmp_path / "probe", *OVERRIDES, f"prompts_dir={prompts}", *overrides)
-    network = ColourNet()
+    network = ColourNet(channels)
     backends = Backends(
         config,
         target=TargetNetwork("colour-net", network, to_tensor),
         captioner=ColourCaptioner(),
-        concept_llm=ColourLLM(),
+        concept_llm=llm or ColourLLM(),
         generator=PaintingGenerator(),
         clip=ColourClip(),
     )
