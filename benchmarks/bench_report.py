@@ -1,8 +1,8 @@
 """The HTML report of a 1,024-neuron layer: time to render it (first, and again with every thumbnail cached) and the
 weight of its index page (the HTML with everything it loads: stylesheet, script, plots and thumbnails).
 
-The run is synthetic but made by the pipeline: all six stage modules over 512 probing images of 128 × 128 pixels on
-a 1 × 1-convolution network with 1,024 channels (a 32 × 32 map each), with the stand-in backends of the report tests
+The run is synthetic but made by the pipeline: all six stage modules over 512 probing images of 64 × 64 pixels on
+a 1 × 1-convolution network with 1,024 channels (a 16 × 16 map each), with the stand-in backends of the report tests
 (``tests/report/small_run.py``) and the method's defaults for what a page shows (top-10 images, 10 exemplars,
 5 summaries, 10 images per concept). Its stand-in LLM varies its concepts, so the layer has many distinct ones, as
 a real one does.
@@ -23,7 +23,7 @@ from tests.report.small_run import LAYER, ColourLLM, small_run
 
 NEURONS = 1024
 IMAGES = 512
-SIZE = 128
+SIZE = 64
 #: Words the stand-in LLM picks a second word of each concept from.
 WORDS = ("stripes", "dots", "fur", "leaves", "waves", "grid", "sky", "stones", "petals", "scales", "sand", "glass")
 

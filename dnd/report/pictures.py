@@ -58,7 +58,7 @@ class HeatmapPicture:
     """Top image ``probe_index`` of ``neuron`` with the neuron's activation map and its exemplars' ``boxes``.
 
     ``group`` holds the probe indices of all the neuron's top images: a map is coloured on the scale of the whole
-    group (its lowest to its highest activation), so heat maps of one neuron can be compared with each other.
+    group (from zero, or its lowest value, to its highest), so heat maps of one neuron can be compared.
     """
 
     neuron: int
@@ -147,8 +147,11 @@ class Painter:
             found = [raw[neuron, index] for index in group if (neuron, index) in raw]
             if not found:
                 continue
-            low = min(float(m.min()) for m in found)
-            span = max(float(m.max()) for m in found) - low
+            # Heat starts at zero where the neuron fires positively (negative values of a layer without a ReLU are
+            # not firing); a neuron that never does is shown from its lowest value to its highest.
+            low, high = min(float(m.min()) for m in found), max(float(m.max()) for m in found)
+            low = max(low, 0.0) if high > 0 else low
+            span = high - low
             for index in group:
                 if (neuron, index) in raw:
                     scaled = (raw[neuron, index] - low) / span if span > 0 else np.zeros_like(raw[neuron, index])

@@ -41,7 +41,12 @@ class Thumb:
     @property
     def path(self) -> str:
         """Its path relative to the report folder (forward slashes, for links)."""
-        return f"{FOLDER}/{self.key[:2]}/{self.key}.{FORMAT}"
+        return thumbnail_path(self.key)
+
+
+def thumbnail_path(key: str) -> str:
+    """The path of thumbnail ``key`` relative to the report folder."""
+    return f"{FOLDER}/{key[:2]}/{key}.{FORMAT}"
 
 
 @dataclass
@@ -72,9 +77,6 @@ class Gallery:
         self._wanted[key] = (picture, size)
         return Thumb(key, size)
 
-    def exists(self, thumb: Thumb) -> bool:
-        return (self.root / thumb.path).is_file()
-
     def error(self, thumb: Thumb) -> str | None:
         """Why ``thumb`` could not be made (its source image is unreadable), or None."""
         return self._errors.get(thumb.key)
@@ -84,7 +86,7 @@ class Gallery:
         counts = GalleryCounts()
         missing: dict[Picture, list[str]] = defaultdict(list)
         for key, (picture, _) in self._wanted.items():
-            if (self.root / Thumb(key, 0).path).is_file():
+            if (self.root / thumbnail_path(key)).is_file():
                 counts.reused += 1
             else:
                 missing[picture].append(key)
@@ -100,7 +102,7 @@ class Gallery:
             except UnreadableImage as exc:
                 return keys, str(exc)
             for key in keys:
-                atomic_write_bytes(self.root / Thumb(key, 0).path, _encode(image, self._wanted[key][1]))
+                atomic_write_bytes(self.root / thumbnail_path(key), _encode(image, self._wanted[key][1]))
             return keys, None
 
         # PIL decodes, resizes and encodes with the GIL released, so threads use every core.

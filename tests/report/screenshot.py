@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     with browser.chromium() as driver:
         for png, html in shots.items():
-            browser.screenshot(driver, html.as_uri(), png, max_height=1600)
+            browser.screenshot(driver, html.resolve().as_uri(), png, max_height=1300)
             Image.open(png).convert("RGB").quantize(256).save(png, optimize=True)
             print(f"{png} ({png.stat().st_size // 1024} kB) from {html}")
 

@@ -2,7 +2,7 @@
 
 The probing set is 16 images of 32 × 32 pixels, each a dark background with one coloured square somewhere, so a
 neuron's map has a place to fire and stage 2 finds crops. The target network's layer ``pool`` has four neurons: red,
-green, blue and red + green (1 × 1 convolution, then 4 × 4 average pooling: 8 × 8 maps). The captioner names an
+green, blue and red + green (4 × 4 average pooling, then a 1 × 1 convolution: 8 × 8 maps). The captioner names an
 image's strongest colour; the LLM turns captions into concepts by their colour word, calls the red neuron's concept
 ``<script>alert(1)</script>`` and never gives the blue neuron a valid answer (so it fails, with the reason); the
 generator paints a concept's colour; the CLIP double embeds an image as its mean colour.
@@ -29,7 +29,7 @@ from dnd.pipeline import Pipeline
 from tests.helpers import make_config, to_tensor
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYER = "pool"
+LAYER = "conv"
 SIZE = 32
 IMAGES = 16
 EVIL = "<script>alert(1)</script>"
@@ -47,13 +47,13 @@ OVERRIDES = (
 
 
 class ColourNet(nn.Module):
-    """``conv`` (1 × 1): channels red, green, blue, red + green, then (``channels`` > 4) random non-negative colour
-    mixtures; ``pool``: 4 × 4 average; ``head``: a linear read-out."""
+    """``pool``: 4 × 4 average of the pixels; ``conv`` (1 × 1): channels red, green, blue, red + green, then
+    (``channels`` > 4) random non-negative colour mixtures; ``head``: a linear read-out."""
 
     def __init__(self, channels: int = 4) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, channels, kernel_size=1, bias=False)
         self.pool = nn.AvgPool2d(4)
+        self.conv = nn.Conv2d(3, channels, kernel_size=1, bias=False)
         self.head = nn.Linear(channels, 2)
         with torch.no_grad():
             weights = torch.rand(channels, 3, generator=torch.Generator().manual_seed(0))
@@ -61,7 +61,7 @@ class ColourNet(nn.Module):
             self.conv.weight.copy_(weights.view(channels, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.conv(x)).mean(dim=(2, 3)))
+        return self.head(self.conv(self.pool(x)).mean(dim=(2, 3)))
 
 
 def write_probe(folder: Path, images: int = IMAGES, size: int = SIZE, seed: int = 0) -> None:
@@ -126,7 +126,8 @@ def concept_colour(text: str) -> str:
 class PaintingGenerator:
     name = "painter"
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = SIZE) -> None:
+        self.size = size
         self.requests: list[GenerationRequest] = []
 
     def generate(self, requests: list[GenerationRequest]) -> list[Image.Image]:
@@ -137,7 +138,7 @@ class PaintingGenerator:
             base = np.array(COLOURS[concept_colour(request.prompt)], dtype=np.float32)
             # The script label's images are the brightest, so they rank first and it becomes Label 1.
             strength = 1.0 if EVIL in request.prompt else rng.uniform(0.5, 0.8)
-            pixels = np.clip(base * strength + rng.normal(0, 12, (SIZE, SIZE, 3)), 0, 255)
+            pixels = np.clip(base * strength + rng.normal(0, 12, (self.size, self.size, 3)), 0, 255)
             images.append(Image.fromarray(pixels.astype(np.uint8)))
         return images
 
@@ -195,7 +196,7 @@ def small_run(
         target=TargetNetwork("colour-net", network, to_tensor),
         captioner=ColourCaptioner(),
         concept_llm=llm or ColourLLM(),
-        generator=PaintingGenerator(),
+        generator=PaintingGenerator(size),
         clip=ColourClip(),
     )
     run = SmallRun(Pipeline(config, backends), prompts, network)

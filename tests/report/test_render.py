@@ -168,7 +168,7 @@ def test_compare_adds_the_other_label_the_similarity_and_the_agreement(run, tmp_
     assert "mean 0.900, std 0.100" in raw and "over the 2 neurons both label" in raw
     assert (result.index.parent / "plots" / "similarity.svg").is_file()
 
-    with pytest.raises(DnDError, match="layer pool is not in .*; it has: layer4"):
+    with pytest.raises(DnDError, match=f"layer {LAYER} is not in .*; it has: layer4"):
         other.write_text("layer,unit,description,similarity\nlayer4,0,red,1\n")
         write_report(run.pipeline, LAYER, compare=read_labels(other), embedder=TableEmbedder("table", table))
 
