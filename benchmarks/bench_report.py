@@ -1,8 +1,9 @@
 """The HTML report of a 1,024-neuron layer: time to render it (first, and again with every thumbnail cached) and the
 weight of its index page (the HTML with everything it loads: stylesheet, script, plots and thumbnails).
 
-The run is synthetic but made by the pipeline: all six stage modules over 512 probing images of 64 × 64 pixels on
-a 1 × 1-convolution network with 1,024 channels (a 16 × 16 map each), with the stand-in backends of the report tests
+The run is synthetic but made by the pipeline: all six stage modules over 512 probing images of 64 × 64 pixels
+(a square of a random colour on each) on a 1 × 1-convolution network with 1,024 channels (random colour mixtures,
+a 16 × 16 map each), with the stand-in backends of the report tests
 (``tests/report/small_run.py``) and the method's defaults for what a page shows (top-10 images, 10 exemplars,
 5 summaries, 10 images per concept). Its stand-in LLM varies its concepts, so the layer has many distinct ones, as
 a real one does.
@@ -45,7 +46,9 @@ def run() -> dict[str, Any]:
         started = time.perf_counter()
         overrides = ("record.top_k=10", "crop.exemplars=10", "summarize.n_summaries=5")
         overrides += ("synthesize.images_per_concept=10",)
-        layer_run = small_run(Path(tmp), *overrides, channels=NEURONS, images=IMAGES, size=SIZE, llm=VariedLLM())
+        layer_run = small_run(
+            Path(tmp), *overrides, channels=NEURONS, images=IMAGES, size=SIZE, varied=True, llm=VariedLLM()
+        )
         made = time.perf_counter() - started
         first = write_report(layer_run.pipeline, LAYER)
         again = write_report(layer_run.pipeline, LAYER)

@@ -64,8 +64,10 @@ class ColourNet(nn.Module):
         return self.head(self.conv(self.pool(x)).mean(dim=(2, 3)))
 
 
-def write_probe(folder: Path, images: int = IMAGES, size: int = SIZE, seed: int = 0) -> None:
-    """``images`` PNGs of ``size`` pixels: a dark noisy background and one square of a colour at a random place."""
+def write_probe(folder: Path, images: int = IMAGES, size: int = SIZE, varied: bool = False, seed: int = 0) -> None:
+    """``images`` PNGs of ``size`` pixels: a dark noisy background and one square at a random place, of pure red,
+    green or blue in turn, or (``varied``) of a random colour, so that neurons mixing colours differently have
+    different top images."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     names = list(COLOURS)
@@ -73,7 +75,7 @@ def write_probe(folder: Path, images: int = IMAGES, size: int = SIZE, seed: int 
         pixels = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
         side = int(rng.integers(size // 4, size // 2))
         x, y = (int(v) for v in rng.integers(0, size - side, 2))
-        pixels[y : y + side, x : x + side] = COLOURS[names[i % 3]]
+        pixels[y : y + side, x : x + side] = rng.integers(40, 256, 3) if varied else COLOURS[names[i % 3]]
         Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
 
 
@@ -179,13 +181,15 @@ def small_run(
     channels: int = 4,
     images: int = IMAGES,
     size: int = SIZE,
+    varied: bool = False,
     llm: ColourLLM | None = None,
 ) -> SmallRun:
     """Build (and by default run) the small run under ``tmp_path``; prompts are a copy, free to edit.
 
-    ``channels``, ``images``, ``size`` and ``llm`` make larger runs for benchmarks (``benchmarks/bench_report.py``).
+    ``channels``, ``images``, ``size``, ``varied`` and ``llm`` make larger runs for benchmarks
+    (``benchmarks/bench_report.py``).
     """
-    write_probe(tmp_path / "probe", images, size)
+    write_probe(tmp_path / "probe", images, size, varied)
     prompts = tmp_path / "prompts"
     if not prompts.is_dir():
         shutil.copytree(ROOT / "prompts", prompts)
