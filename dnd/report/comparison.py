@@ -7,6 +7,7 @@ the per-neuron cosine similarity of the two labels in a text-embedding space and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,9 +36,13 @@ class Comparison:
     warnings: list[str]
 
 
-def compare_layer(evidence: LayerEvidence, other: LabelSet, embedder: TextEmbedder) -> Comparison:
+def compare_layer(evidence: LayerEvidence, other: LabelSet, embedder: Callable[[], TextEmbedder]) -> Comparison:
     """Compare ``evidence``'s labels with ``other`` on its layer; raise :class:`DnDError` when this run has no labels
-    yet, or when ``other`` lacks the layer or shares no neuron with it (the message says what each side has)."""
+    yet, or when ``other`` lacks the layer or shares no neuron with it (the message says what each side has).
+
+    ``embedder()`` gives the text embedder; it is called only once the labels are aligned, so bad input fails before
+    any model loads.
+    """
     if "score" not in evidence.folders:
         raise DnDError(
             f"--compare needs this run's labels, but stage 6 (score) has not run for {evidence.layer} with this "
@@ -45,7 +50,7 @@ def compare_layer(evidence: LayerEvidence, other: LabelSet, embedder: TextEmbedd
         )
     ours = read_run_labels(evidence.folders["score"])
     other.check_layers([evidence.layer])
-    (result,) = compare_label_sets([ours, other], [embedder], BINS, [evidence.layer])
+    (result,) = compare_label_sets([ours, other], (embedder() for _ in range(1)), BINS, [evidence.layer])
     return Comparison(
         source=other.name,
         method=other.method,

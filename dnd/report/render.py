@@ -9,9 +9,10 @@ as text.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -76,18 +77,19 @@ def write_reports(
     """Render the report of each of ``layers`` (see :func:`write_report`), yielding each result as it is done.
 
     ``compare`` is a label source as `dnd compare` reads it (a file, ``PATH:LAYER``, a quoted glob or a run's
-    ``score-<key>`` folder); it is read once, and the text ``embedder`` loaded once, for every layer.
+    ``score-<key>`` folder); it is read once, and the text ``embedder`` loaded at most once, for every layer.
     """
-    other = text_embedder = None
+    other = load = None
     if compare is not None:
         from dnd.backends.embedders import load_text_embedder
         from dnd.backends.targets import resolve_device
         from dnd.compare.readers import read_label_source
 
         other = read_label_source(compare)
-        text_embedder = load_text_embedder(embedder, pipeline.config.embed, resolve_device(pipeline.config.device))
+        config = pipeline.config
+        load = functools.cache(lambda: load_text_embedder(embedder, config.embed, resolve_device(config.device)))
     for layer in layers:
-        yield write_report(pipeline, layer, neurons, other, text_embedder)
+        yield write_report(pipeline, layer, neurons, other, load)
 
 
 def write_report(
@@ -95,13 +97,14 @@ def write_report(
     layer: str,
     neurons: list[int] | None = None,
     compare: LabelSet | None = None,
-    embedder: TextEmbedder | None = None,
+    embedder: Callable[[], TextEmbedder] | None = None,
 ) -> ReportResult:
     """Render the report of ``layer`` from the run's finished stages (all its described neurons, or ``neurons``).
 
-    ``compare`` (another method's labels, compared with ``embedder``) adds the other label, the per-neuron similarity
-    and the layer's agreement summary. Thumbnails already in the folder are reused; files the report no longer shows
-    are removed. Raises :class:`~dnd.errors.DnDError` when stage 1 has not run for this config.
+    ``compare`` (another method's labels, compared in the space of the text embedder that ``embedder()`` loads) adds
+    the other label, the per-neuron similarity and the layer's agreement summary. Thumbnails already in the folder
+    are reused; files the report no longer shows are removed. Raises :class:`~dnd.errors.DnDError` when stage 1 has
+    not run for this config.
     """
     started = time.perf_counter()
     root = report_dir(pipeline, layer)

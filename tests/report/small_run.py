@@ -48,7 +48,7 @@ OVERRIDES = (
 
 class ColourNet(nn.Module):
     """``pool``: 4 × 4 average of the pixels; ``conv`` (1 × 1): channels red, green, blue, red + green, then
-    (``channels`` > 4) random non-negative colour mixtures; ``head``: a linear read-out."""
+    (``channels`` > 4) random colour contrasts (normal weights), each preferring its own hue; ``head``: a read-out."""
 
     def __init__(self, channels: int = 4) -> None:
         super().__init__()
@@ -56,7 +56,7 @@ class ColourNet(nn.Module):
         self.conv = nn.Conv2d(3, channels, kernel_size=1, bias=False)
         self.head = nn.Linear(channels, 2)
         with torch.no_grad():
-            weights = torch.rand(channels, 3, generator=torch.Generator().manual_seed(0))
+            weights = torch.randn(channels, 3, generator=torch.Generator().manual_seed(0))
             weights[:4] = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0]])
             self.conv.weight.copy_(weights.view(channels, 3, 1, 1))
 

@@ -32,7 +32,7 @@ def report(tmp_path_factory) -> Path:
     other.write_text("layer,unit,description,similarity\n" + "\n".join(rows) + "\n")
     texts = [EVIL, "green blobs", *OTHER.values()]
     embedder = TableEmbedder("table", {text: [1.0, float(i)] for i, text in enumerate(texts)})
-    return write_report(run.pipeline, LAYER, compare=read_labels(other), embedder=embedder).index
+    return write_report(run.pipeline, LAYER, compare=read_labels(other), embedder=lambda: embedder).index
 
 
 @pytest.fixture(scope="module")

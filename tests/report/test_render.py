@@ -159,7 +159,8 @@ def test_compare_adds_the_other_label_the_similarity_and_the_agreement(run, tmp_
     other = tmp_path / "descriptions.csv"
     other.write_text(f"layer,unit,description,similarity\n{LAYER},0,red,1\n{LAYER},1,grass,1\n{LAYER},9,sky,1\n")
     table = {EVIL: [1.0, 0.0], "green blobs": [0.0, 1.0], "red": [1.0, 0.0], "grass": [0.6, 0.8]}
-    result = write_report(run.pipeline, LAYER, compare=read_labels(other), embedder=TableEmbedder("table", table))
+    embedder = TableEmbedder("table", table)
+    result = write_report(run.pipeline, LAYER, compare=read_labels(other), embedder=lambda: embedder)
     index = Page(result.index)
     assert "red 1.000" in index.rows[0] and "grass 0.800" in index.rows[1]
     assert index.rows[2].count("—") >= 3 and "—" in index.rows[3]  # no label of ours / no label of theirs
@@ -170,7 +171,7 @@ def test_compare_adds_the_other_label_the_similarity_and_the_agreement(run, tmp_
 
     with pytest.raises(DnDError, match=f"layer {LAYER} is not in .*; it has: layer4"):
         other.write_text("layer,unit,description,similarity\nlayer4,0,red,1\n")
-        write_report(run.pipeline, LAYER, compare=read_labels(other), embedder=TableEmbedder("table", table))
+        write_report(run.pipeline, LAYER, compare=read_labels(other), embedder=_no_embedder)
 
 
 def test_a_run_that_stopped_after_crop_shows_what_it_reached(tmp_path):
@@ -185,7 +186,11 @@ def test_a_run_that_stopped_after_crop_shows_what_it_reached(tmp_path):
     assert "Top-activating images" in page and "Exemplars" in page and "Candidate concepts" not in page
     assert_references_exist(result.index)
     with pytest.raises(DnDError, match="--compare needs this run's labels"):
-        write_report(run.pipeline, LAYER, compare=read_labels(_one_label(tmp_path)), embedder=TableEmbedder("t", {}))
+        write_report(run.pipeline, LAYER, compare=read_labels(_one_label(tmp_path)), embedder=_no_embedder)
+
+
+def _no_embedder():
+    raise AssertionError("the embedder is loaded only once the labels are aligned")
 
 
 def _one_label(tmp_path: Path) -> Path:
@@ -222,3 +227,9 @@ def test_report_command_and_describe_print_where_the_report_is(tmp_path):
     assert again.exit_code == 0, again.output
     assert f"report layer3: {index} (1 neurons; thumbnails: 0 new," in again.output
     assert len(Page(index).rows) == 1 and not (index.parent / "neurons" / "0.html").exists()
+
+    # --compare before stage 6 has run: one clear error, and no embedding model is loaded for it.
+    other = tmp_path / "other.csv"
+    other.write_text("layer,unit,description,similarity\nlayer3,0,dogs,0.5\n")
+    compared = runner.invoke(app, ["report", "--config", str(config), "--layer", "layer3", "--compare", str(other)])
+    assert compared.exit_code == 2 and "--compare needs this run's labels" in compared.output
