@@ -84,7 +84,7 @@ def test_force_on_some_neurons_keeps_the_others(tmp_path):
 
 
 def test_help_texts_have_examples():
-    for command in ("describe", "run", "status", "layers"):
+    for command in ("describe", "run", "status", "layers", "report"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example: dnd" in result.output
 
