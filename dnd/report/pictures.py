@@ -111,11 +111,15 @@ class Painter:
         return identity
 
     def prepare(self, pictures: list[Picture]) -> None:
-        """Compute the activation maps that the heat maps among ``pictures`` need, in batched forward passes.
+        """Load what drawing ``pictures`` needs and compute the activation maps of the heat maps among them, in batched
+        forward passes.
 
         Each distinct image of the neurons' groups runs once, however many neurons share it; only the maps of the
         neurons that have it in their group are kept (``[h, w]`` each), never a whole layer's output.
         """
+        if any(not isinstance(p, StoredPicture) for p in pictures):
+            # Built here, once: drawing threads must not each start loading the network or listing the probe.
+            _ = self.ctx.backends.target, self.ctx.probe
         groups = {p.neuron: p.group for p in pictures if isinstance(p, HeatmapPicture)}
         users: dict[int, list[int]] = defaultdict(list)  # probe index -> neurons whose group holds it
         for neuron, group in groups.items():
