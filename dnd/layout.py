@@ -10,6 +10,7 @@
           descriptions.csv                 exports of the layer's labels, rewritten by every run that ends at score
           final_results.csv
           clip-dissect.csv                 `dnd clip-dissect`'s default output
+          report/index.html                the layer's HTML report (`dnd report`; inside it, see dnd.report.render)
         .tmp/                              stage folders being written, renamed into place when complete
       cache/<namespace>/<key[:2]>/<key>.json   per-item results shared by every run (captions, LLM replies, embeddings)
       images/<key[:2]>/<key>.png           generated images shared by every run, keyed by what made them
@@ -33,6 +34,9 @@ DESCRIPTIONS_FILE = "descriptions.csv"
 FINAL_RESULTS_FILE = "final_results.csv"
 #: `dnd clip-dissect`'s labels when no ``--out`` is given.
 CLIP_DISSECT_FILE = "clip-dissect.csv"
+#: A layer's HTML report: a folder beside its stage outputs, opened at its index page.
+REPORT_FOLDER = "report"
+REPORT_INDEX_FILE = "index.html"
 CACHE_FOLDER = "cache"
 IMAGES_FOLDER = "images"
 STAGING_FOLDER = ".tmp"
@@ -71,6 +75,11 @@ def staging_dir(run_root: Path) -> Path:
 def export_paths(layer_folder: Path) -> tuple[Path, Path]:
     """``(descriptions.csv, final_results.csv)`` of a layer folder."""
     return layer_folder / DESCRIPTIONS_FILE, layer_folder / FINAL_RESULTS_FILE
+
+
+def report_dir(layer_folder: Path) -> Path:
+    """The HTML report of a layer folder."""
+    return layer_folder / REPORT_FOLDER
 
 
 def cache_dir(output_dir: Path) -> Path:

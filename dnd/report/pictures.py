@@ -27,12 +27,12 @@ from PIL import Image, ImageDraw
 
 from dnd.artifacts import CropBox, ExemplarImage
 from dnd.data import UnreadableImage, open_rgb
+from dnd.exemplars import render_exemplar
 from dnd.progress import track
-from dnd.stages.crop import render_exemplar
 
 if TYPE_CHECKING:
-    from dnd.pipeline import StageContext
-    from dnd.store import ImageStore
+    from dnd.image_store import ImageStore
+    from dnd.stages.base import StageContext
 
 #: Bumped whenever the drawing changes, so every thumbnail made by an older drawing is made again.
 STYLE_VERSION = 1
@@ -169,7 +169,7 @@ class Painter:
         if isinstance(picture, StoredPicture):
             return open_rgb(self.store.path(picture.image_id))
         box = picture.box if isinstance(picture, ProbePicture) else None
-        # Exemplars are drawn by stage 2's own renderer, so the report shows exactly the pixels that were ranked.
+        # Exemplars are drawn by the stages' own renderer, so the report shows exactly the pixels that were ranked.
         source = ExemplarImage(image_id=picture.image_id, probe_index=picture.probe_index, box=box, activation=0.0)
         view = render_exemplar(self.ctx.probe, self.ctx.backends.target, source)
         if isinstance(picture, ProbePicture):

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
-from dnd import __version__
+from dnd import __version__, layout
+from dnd.image_store import image_store
 from dnd.report.comparison import Comparison, compare_layer
 from dnd.report.evidence import LayerEvidence
 from dnd.report.pictures import Painter
 from dnd.report.plots import histogram_svg
 from dnd.report.thumbnails import Gallery, GalleryCounts
 from dnd.report.views import NeuronView, neuron_views
-from dnd.stages.synthesize import image_store
 from dnd.store import atomic_write_text
 
 if TYPE_CHECKING:
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     from dnd.compare.readers import LabelSet
     from dnd.pipeline import Pipeline
 
-REPORT_FOLDER = "report"
-INDEX_FILE = "index.html"
 NEURON_FOLDER = "neurons"
 PLOT_FOLDER = "plots"
 ASSET_FOLDER = "assets"
@@ -64,7 +62,7 @@ class Plot:
 
 def report_dir(pipeline: Pipeline, layer: str) -> Path:
     """The report folder of ``layer``, beside the layer's stage outputs and exports."""
-    return pipeline.store.root / layer / REPORT_FOLDER
+    return layout.report_dir(layout.layer_dir(pipeline.store.root, layer))
 
 
 def write_reports(
@@ -119,7 +117,7 @@ def write_report(
         comparison = compare_layer(evidence, compare, embedder)
     # 3. The views, asking the gallery for every picture; then only the missing thumbnails are drawn.
     context = pipeline.context
-    painter = Painter(context, layer, image_store(context), pipeline.config.crop.batch_size)
+    painter = Painter(context, layer, image_store(pipeline.config.output_dir), pipeline.config.crop.batch_size)
     gallery = Gallery(root, painter)
     views = neuron_views(evidence, chosen, gallery, comparison)
     counts = gallery.make(f"report {layer}: thumbnails")
@@ -146,13 +144,16 @@ def write_report(
         top_k=len(evidence.top.neurons[0].rows) if evidence.top.neurons else 0,
         n_images=evidence.top.n_images,
     )
-    atomic_write_text(root / INDEX_FILE, index)
+    index_path = root / layout.REPORT_INDEX_FILE
+    atomic_write_text(index_path, index)
     template = environment.get_template("neuron.html")
     for view in views:
         atomic_write_text(root / NEURON_FOLDER / f"{view.unit}.html", template.render(**page, root="../", neuron=view))
     _write_assets(root)
     removed = gallery.prune() + _prune_pages(root, views)
-    return ReportResult(layer, root / INDEX_FILE, len(views), counts, removed, time.perf_counter() - started)
+    return ReportResult(
+        layer, root / layout.REPORT_INDEX_FILE, len(views), counts, removed, time.perf_counter() - started
+    )
 
 
 def _environment(gallery: Gallery) -> jinja2.Environment:

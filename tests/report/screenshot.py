@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from dnd.cli import parse_neurons
 from dnd.config import load_config
+from dnd.neurons import parse_neurons
 from dnd.pipeline import Pipeline
 from dnd.report.render import write_report
 from tests.report import browser
