@@ -38,6 +38,18 @@ class TargetConfig(_Section):
     weights: Path | None = Field(
         None, description="A checkpoint file; empty means the model's default pretrained weights."
     )
+    weights_version: str | None = Field(
+        None,
+        description="torchvision networks: the weights version, a member of the model's weights enum such as "
+        "IMAGENET1K_V1 (the weights of the DnD and CLIP-Dissect papers and CoSy); empty means torchvision's DEFAULT "
+        "(IMAGENET1K_V2 for resnet50 and resnet152). With target.weights, it chooses the preprocessing only.",
+    )
+    num_classes: int | None = Field(
+        None,
+        ge=1,
+        description="torchvision networks with target.weights: outputs of the checkpoint's classifier (365 for a "
+        "Places365 ResNet-18); empty means as many as the checkpoint has.",
+    )
 
 
 class ProbeConfig(_Section):

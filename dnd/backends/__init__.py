@@ -108,8 +108,8 @@ class Backends:
 
     def target_identity(self) -> dict[str, Any]:
         """What cache keys know about the target network, without loading a built-in one."""
-        from dnd.config import key_fields
+        from dnd.backends.targets import target_identity
 
         if self._given["target"] is not None:
             return self._given["target"].identity
-        return key_fields(self.config.target)
+        return target_identity(self.config.target)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from dnd.errors import ModelLoadError
+from dnd.models.checkpoints import fit_state_dict, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,16 +87,8 @@ def cifar_resnet(depth: int, weights: str | Path | None = None) -> nn.Module:
         raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
     model = CifarResNet((depth - 2) // 6)
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise ModelLoadError(f"CIFAR ResNet-{depth} weights file not found: {path}")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state = checkpoint.get("state_dict", checkpoint)
-        state = {key.removeprefix("module."): value for key, value in state.items()}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ModelLoadError(f"{path} is not a CIFAR ResNet-{depth} checkpoint: {err}") from err
+        fix = "Set target.name to the checkpoint's depth (cifar_resnet20, cifar_resnet56, ...) or target.weights."
+        fit_state_dict(model, read_state_dict(weights), str(weights), f"CIFAR ResNet-{depth}", fix)
     return model.eval()
 
 
