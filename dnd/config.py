@@ -56,8 +56,10 @@ class ProbeConfig(_Section):
     """The probing image set whose images are shown to the network."""
 
     kind: Literal["folder", "imagenet_val", "cifar10", "cifar100"] = "folder"
-    path: Path | None = Field(
-        None, description="Image folder (folder, imagenet_val) or dataset root (cifar10, cifar100)."
+    path: Path | list[Path] | None = Field(
+        None,
+        description="Image folder (folder, imagenet_val), or a list of them probed in that order (the authors probe "
+        "with [ImageNet val, Broden images]); or the dataset root (cifar10, cifar100).",
     )
     split: Literal["train", "test"] = Field("test", description="Split of a torchvision dataset.")
     limit: int | None = Field(None, ge=1, description="Use only the first N images (in sorted order).")

@@ -1,7 +1,8 @@
 """Probing image sets and safe image loading.
 
-A probing set is an ordered list of images with stable ids (relative paths for folders, ``cifar10/test/00042``
-for torchvision sets). Unreadable images are never fatal: loading reports them so a stage can skip and count them.
+A probing set is an ordered list of images with stable ids (relative paths for a folder, prefixed with the folder's
+name for several folders, ``cifar10/test/00042`` for torchvision sets). Unreadable images are never fatal: loading
+reports them so a stage can skip and count them.
 """
 
 from __future__ import annotations
@@ -61,40 +62,89 @@ def open_probe(config: ProbeConfig) -> ProbeSet:
     return probe
 
 
+def probe_folders(config: ProbeConfig) -> list[Path]:
+    """The folders of a folder probe (``probe.path``: one folder or a list), in order.
+
+    Raises :class:`DnDError` when none is given, one does not exist, or one is listed twice or lies inside another
+    (its images would be probed twice).
+    """
+    if config.path is None or config.path == []:
+        raise DnDError(
+            f"probe.path is required for probe.kind={config.kind!r}: set it to an image folder or a list of them"
+        )
+    roots = [Path(path).expanduser() for path in (config.path if isinstance(config.path, list) else [config.path])]
+    for root in roots:
+        if not root.is_dir():
+            raise DnDError(f"probe folder {root} does not exist (set probe.path to a folder of images)")
+    resolved = [root.resolve() for root in roots]
+    for i, inner in enumerate(resolved):
+        for j, outer in enumerate(resolved):
+            if i != j and inner.is_relative_to(outer) and (inner != outer or i > j):
+                relation = "is the same folder as" if inner == outer else "lies inside"
+                raise DnDError(
+                    f"probe.path: {roots[i]} {relation} {roots[j]}, so its images would be probed twice; "
+                    f"list each folder once"
+                )
+    return roots
+
+
 def _folder_probe(config: ProbeConfig) -> ProbeSet:
-    if config.path is None:
-        raise DnDError(f"probe.path is required for probe.kind={config.kind!r}: set it to an image folder")
-    root = Path(config.path).expanduser()
-    if not root.is_dir():
-        raise DnDError(f"probe folder {root} does not exist (set probe.path to a folder of images)")
-    files = sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
-    if not files:
-        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise DnDError(f"probe folder {root} holds no images (looked recursively for {kinds})")
+    """Every image under the ``probe.path`` folders, folder by folder in the order given, each sorted.
+
+    An image's id is its path relative to its folder, prefixed with the folder's name (``val/n01440764/x.JPEG``,
+    ``images/ade_train_1.jpg``) when there are several folders, so ids are unique and the same on every machine. The
+    fingerprint hashes every id with its file size: it changes when the images do, not when the folders move.
+    """
+    roots = probe_folders(config)
+    prefixes = _folder_prefixes(roots) if len(roots) > 1 else [""]
+    paths: list[Path] = []
+    ids: list[str] = []
+    classes: list[str | None] = []
     class_of = _imagenet_class if config.kind == "imagenet_val" else _folder_class
-    class_names, labels = _index_classes([class_of(f) for f in files])
+    for root, prefix in zip(roots, prefixes, strict=True):
+        files = sorted(
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not files:
+            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise DnDError(f"probe folder {root} holds no images (looked recursively for {kinds})")
+        paths += [root / name for name in files]
+        ids += [prefix + name for name in files]
+        classes += [class_of(name) for name in files]
+    class_names, labels = _index_classes(classes)
     digest = hashlib.sha256()
-    for name in files:
-        digest.update(f"{name}\0{(root / name).stat().st_size}\n".encode())
+    for image_id, path in zip(ids, paths, strict=True):
+        digest.update(f"{image_id}\0{path.stat().st_size}\n".encode())
     return ProbeSet(
-        ids=files,
-        load=_FileLoader(root, files),
+        ids=ids,
+        load=_FileLoader(paths),
         fingerprint=digest.hexdigest()[:16],
         labels=labels,
         class_names=class_names,
     )
 
 
-class _FileLoader:
-    """Picklable ``index -> RGB image`` for files under a folder (DataLoader workers may be spawned)."""
+def _folder_prefixes(roots: list[Path]) -> list[str]:
+    """``<folder name>/`` per folder; a name that repeats gets ``-2``, ``-3``, ... in order (``val/``, ``val-2/``)."""
+    seen: dict[str, int] = {}
+    prefixes = []
+    for root in roots:
+        name = root.resolve().name
+        seen[name] = seen.get(name, 0) + 1
+        prefixes.append(f"{name}/" if seen[name] == 1 else f"{name}-{seen[name]}/")
+    return prefixes
 
-    def __init__(self, root: Path, files: list[str]):
-        self.root, self.files = root, files
+
+class _FileLoader:
+    """Picklable ``index -> RGB image`` for a list of image files (DataLoader workers may be spawned)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
 
     def __call__(self, index: int) -> Image.Image:
-        return open_rgb(self.root / self.files[index])
+        return open_rgb(self.paths[index])
 
 
 class _DatasetLoader:
@@ -131,6 +181,11 @@ def _index_classes(classes: Sequence[str | None]) -> tuple[list[str], list[int] 
 def _torchvision_probe(config: ProbeConfig) -> ProbeSet:
     from torchvision import datasets
 
+    if isinstance(config.path, list):
+        raise DnDError(
+            f"probe.kind={config.kind} reads one dataset root from probe.path, not a list; for several image folders "
+            f"use probe.kind=folder"
+        )
     root = Path(config.path or "~/.cache/dnd/datasets").expanduser()
     dataset_type = datasets.CIFAR10 if config.kind == "cifar10" else datasets.CIFAR100
     try:

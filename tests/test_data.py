@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -47,6 +48,58 @@ def test_missing_empty_and_unset_folders_are_clear_errors(tmp_path):
         open_probe(ProbeConfig(path=tmp_path))
     with pytest.raises(DnDError, match="probe.path is required"):
         open_probe(ProbeConfig())
+
+
+def test_several_folders_are_probed_in_order_with_stable_content_keyed_ids(tmp_path):
+    imagenet, broden = tmp_path / "imagenet" / "val", tmp_path / "broden1_224" / "images"
+    write_images(imagenet / "n01440764", 2)
+    write_images(broden, 3, seed=1)
+    probe = open_probe(ProbeConfig(path=[imagenet, broden]))
+    assert probe.ids == [
+        "val/n01440764/img000.png",
+        "val/n01440764/img001.png",
+        "images/img000.png",
+        "images/img001.png",
+        "images/img002.png",
+    ]
+    assert probe.labels is None  # Broden's images have no class folder
+    assert np.array_equal(np.asarray(probe.load(3)), np.asarray(Image.open(broden / "img001.png").convert("RGB")))
+
+    # The ids and the fingerprint follow the images, not where the folders are, and change when the images do.
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (tmp_path / "imagenet").rename(moved / "imagenet")
+    (tmp_path / "broden1_224").rename(moved / "broden1_224")
+    imagenet, broden = moved / "imagenet" / "val", moved / "broden1_224" / "images"
+    again = open_probe(ProbeConfig(path=[imagenet, broden]))
+    assert (again.ids, again.fingerprint) == (probe.ids, probe.fingerprint)
+    assert open_probe(ProbeConfig(path=[broden, imagenet])).fingerprint != probe.fingerprint
+    (broden / "img002.png").write_bytes((broden / "img000.png").read_bytes() + b"more")
+    assert open_probe(ProbeConfig(path=[imagenet, broden])).fingerprint != probe.fingerprint
+
+    # One folder keeps its plain relative ids (and so the keys of earlier runs); same-named folders stay apart.
+    assert open_probe(ProbeConfig(path=broden)).ids == ["img000.png", "img001.png", "img002.png"]
+    other_val = tmp_path / "other" / "val"
+    write_images(other_val, 1)
+    assert open_probe(ProbeConfig(path=[imagenet, other_val])).ids[-1] == "val-2/img000.png"
+
+
+def test_several_folders_fail_clearly(tmp_path):
+    write_images(tmp_path / "a" / "inner", 1)
+    (tmp_path / "empty").mkdir()
+    a = tmp_path / "a"
+    with pytest.raises(DnDError, match=r"a/inner lies inside .*/a, so its images would be probed twice"):
+        open_probe(ProbeConfig(path=[a, a / "inner"]))
+    with pytest.raises(DnDError, match="is the same folder as"):
+        open_probe(ProbeConfig(path=[a, tmp_path / "a"]))
+    with pytest.raises(DnDError, match=r"probe folder .*empty holds no images"):
+        open_probe(ProbeConfig(path=[a, tmp_path / "empty"]))
+    with pytest.raises(DnDError, match=r"probe folder .*missing does not exist"):
+        open_probe(ProbeConfig(path=[a, tmp_path / "missing"]))
+    with pytest.raises(DnDError, match="probe.path is required"):
+        open_probe(ProbeConfig(path=[]))
+    with pytest.raises(DnDError, match="reads one dataset root from probe.path, not a list"):
+        open_probe(ProbeConfig(kind="cifar10", path=[a]))
 
 
 def test_unreadable_image_raises_our_error(tmp_path):

@@ -165,3 +165,18 @@ def test_unknown_layer_lists_near_paths(tmp_path, image_folder, mixer):
     config = make_config(tmp_path, image_folder)
     with pytest.raises(DnDError, match=r"layer 'cnv' not found in channel-mixer\. Closest module paths: conv"):
         record(Pipeline(config, backends_for(config, mixer)), layer="cnv")
+
+
+def test_two_probe_folders_are_recorded_in_order(tmp_path, mixer):
+    first, second = tmp_path / "imagenet" / "val", tmp_path / "broden" / "images"
+    write_images(first, 3)
+    write_images(second, 2, seed=5)
+    config = make_config(tmp_path, first, f"probe.path=[{first},{second}]", "record.top_k=5")
+    top, stage_dir = record(Pipeline(config, backends_for(config, mixer)))
+
+    activations, _ = load_activations(stage_dir)
+    expected = np.concatenate([hand_summaries(first, "mean"), hand_summaries(second, "mean")])
+    np.testing.assert_allclose(activations.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert top.image_ids == [f"val/img00{i}.png" for i in range(3)] + [f"images/img00{i}.png" for i in range(2)]
+    best = int(expected[:, 0].argmax())
+    assert top.neurons[0].image_ids[0] == top.image_ids[best]
