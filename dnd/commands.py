@@ -8,7 +8,7 @@ Thin like the rest of the CLI: parse, call the library, print. ``dnd.cli`` regis
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dnd.config import EmbedConfig
+from dnd.errors import DnDError
 from dnd.layout import CLIP_DISSECT_FILE
 from dnd.neurons import parse_neurons
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from dnd.compare.agreement import SimilarityStats
     from dnd.compare.readers import LabelSet
     from dnd.evaluate.cosy import MetricStats
+    from dnd.evaluate.final_layer import GroundTruth
 
 out = Console()
 err = Console(stderr=True)
@@ -43,6 +45,17 @@ EmbedderOption = Annotated[
         "-e",
         help="Text-embedding space (repeatable): minilm (offline, from its package), clip (embed.clip_model), "
         "mpnet (embed.sentence_model), or a model id or folder. Default: minilm.",
+        show_default=False,
+    ),
+]
+PaperEmbedderOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--embedder",
+        "-e",
+        help="Text-embedding space (repeatable): clip (embed.clip_model), mpnet (embed.sentence_model), minilm "
+        "(offline, from its package), or a model id or folder. Default: clip and mpnet, the published numbers' "
+        "spaces; where one cannot be loaded, minilm stands in and the output says so.",
         show_default=False,
     ),
 ]
@@ -113,10 +126,22 @@ def final_layer(
     classes: Annotated[
         Path,
         typer.Option(
-            "--classes", help="Class names, line k = class k (first comma-separated synonym).", show_default=False
+            "--classes",
+            help="Class names, line k = class k (e.g. imagenet_labels.txt, categories_places365.txt).",
+            show_default=False,
         ),
     ],
-    embedder: EmbedderOption = None,
+    embedder: PaperEmbedderOption = None,
+    ground_truth: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ground-truth",
+            "-g",
+            help="Reading of a class line (repeatable): first-synonym ('tench' of 'tench, Tinca tinca') or "
+            "full-line (the whole line, as the DnD authors compare). Default: both.",
+            show_default=False,
+        ),
+    ] = None,
     layer: Annotated[
         str | None, typer.Option("--layer", "-l", help="The output layer, when the file has several.")
     ] = None,
@@ -125,20 +150,26 @@ def final_layer(
 ) -> None:
     """Final-layer evaluation: mean cosine similarity between each output unit's label and its class name.
 
-    Example: dnd evaluate final-layer ../shared/reference/milan/m_base_resnet50_imagenet.csv --layer fc
+    Example: dnd evaluate final-layer ../shared/reference/dnd/resnet50_imagenet_broden_fc.csv
     --classes ../shared/reference/concept-sets/imagenet_labels.txt --embedder minilm
     """
     from dnd.compare.readers import read_label_source
     from dnd.evaluate.final_layer import evaluate_final_layer, read_class_names
 
+    truths = _ground_truths(ground_truth)
     label_set = read_label_source(labels)
     _print_warnings(label_set)
-    class_names = read_class_names(classes)
-    results = evaluate_final_layer(label_set, class_names, _embedders(embedder, device), bins, layer)
-    table = _stats_table(f"{label_set.name}: label vs class name", ["layer", "embedder"])
-    for result in results:
-        table.add_row(result.layer, result.embedder, *_stats_cells(result.stats))
-    out.print(table)
+    class_names = {truth: read_class_names(classes, truth) for truth in truths}
+    spaces = _evaluation_spaces(embedder, device)
+    results = evaluate_final_layer(label_set, class_names, spaces, bins, layer)
+    for truth in truths:
+        title = f"{label_set.name}, {results[0].layer}: labels vs class names ({truth})"
+        table = _stats_table(title, ["embedder"])
+        for result in results:
+            if result.ground_truth == truth:
+                table.add_row(result.embedder, *_stats_cells(result.stats))
+        out.print(table)
+    _report_stand_ins(spaces)
 
 
 def cosy(
@@ -271,6 +302,43 @@ def _embedders(specs: list[str] | None, device: str) -> Iterator[TextEmbedder]:
     resolved = resolve_device(device)
     for spec in dict.fromkeys(specs or [DEFAULT_EMBEDDER]):
         yield load_text_embedder(spec, EmbedConfig(), resolved)
+
+
+def _evaluation_spaces(specs: list[str] | None, device: str) -> Iterable[TextEmbedder]:
+    """The ``--embedder`` spaces of an evaluation; by default the paper's (see :class:`PaperTextSpaces`)."""
+    from dnd.backends.embedders import PaperTextSpaces
+    from dnd.backends.targets import resolve_device
+
+    if specs:
+        return _embedders(specs, device)
+    return PaperTextSpaces(EmbedConfig(), resolve_device(device))
+
+
+def _report_stand_ins(spaces: Iterable[TextEmbedder]) -> None:
+    """Say, after the results, which paper spaces MiniLM stood in for and why (nothing if none)."""
+    from dnd.backends.embedders import OFFLINE_SPACE, PaperTextSpaces
+
+    if not isinstance(spaces, PaperTextSpaces) or not spaces.missing:
+        return
+    names = " and ".join(spaces.missing)
+    out.print(
+        f"[bold yellow]note:[/] {OFFLINE_SPACE} stands in for {names}, which could not be loaded here: its numbers "
+        f"are not comparable with published {names} numbers. Run where the model(s) load (Hugging Face hub access "
+        f"once, or embed.clip_model / embed.sentence_model set to local folders).",
+        highlight=False,
+    )
+    for space, reason in spaces.missing.items():
+        err.print(f"[yellow]{space}:[/] {escape(reason)}", highlight=False)
+
+
+def _ground_truths(values: list[str] | None) -> list[GroundTruth]:
+    """The ``--ground-truth`` readings, in canonical order (default: all); raises :class:`DnDError` naming them."""
+    from dnd.evaluate.final_layer import GROUND_TRUTHS
+
+    unknown = [value for value in values or [] if value not in GROUND_TRUTHS]
+    if unknown:
+        raise DnDError(f"--ground-truth {unknown[0]!r}: choose {' or '.join(GROUND_TRUTHS)} (repeatable)")
+    return [truth for truth in GROUND_TRUTHS if not values or truth in values]
 
 
 def _print_warnings(label_set: LabelSet) -> None:

@@ -9,7 +9,7 @@ is imported inside the loaders, never when the CLI starts.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -154,6 +154,44 @@ def load_text_embedder(
         kind = "clip" if _model_type(model) == "clip" else "sentence"
     embedder_type = ClipEmbedder if kind == "clip" else SentenceEmbedder
     return CachedTextEmbedder(embedder_type(spec, model, device, config.batch_size), store)
+
+
+#: The text spaces published evaluations report (CLIP ViT-B/16 text and all-mpnet-base-v2), as ``--embedder`` values.
+PAPER_SPACES = ("clip", "mpnet")
+#: The space that stands in for a paper space that cannot be loaded.
+OFFLINE_SPACE = "minilm"
+
+
+class PaperTextSpaces:
+    """The paper's text spaces (:data:`PAPER_SPACES`), each loaded when the iteration reaches it.
+
+    A space that cannot be loaded here (no hub access and not cached: checked in a second, see
+    :func:`~dnd.backends.loading.hub_unavailable`) is left out, and after the others the offline MiniLM is yielded
+    once in place of all that were left out; :attr:`missing` maps each left-out space to the reason, so a command can
+    say that its numbers are not in the published spaces.
+    """
+
+    def __init__(self, config: EmbedConfig, device: torch.device, store: ItemCache | None = None):
+        self.config, self.device, self.store = config, device, store
+        self.missing: dict[str, str] = {}
+
+    def __iter__(self) -> Iterator[CachedTextEmbedder]:
+        from dnd.backends.loading import hub_unavailable
+
+        self.missing = {}
+        for spec in PAPER_SPACES:
+            reason = hub_unavailable(resolve_model(spec, self.config)[0])
+            if reason is None:
+                try:
+                    embedder = load_text_embedder(spec, self.config, self.device, self.store)
+                except ModelLoadError as exc:
+                    reason = str(exc)
+                else:
+                    yield embedder
+                    continue
+            self.missing[spec] = reason
+        if self.missing:
+            yield load_text_embedder(OFFLINE_SPACE, self.config, self.device, self.store)
 
 
 def load_clip(config: EmbedConfig, device: torch.device) -> ClipEmbedder:

@@ -39,3 +39,20 @@ def test_an_uncached_hub_model_offline_is_a_clear_error(role):
     message = str(error.value)
     assert "could not load the" in message and "'dnd-tests/no-such-model'" in message
     assert fix in message.lower()
+
+
+def test_hub_unavailable_answers_in_seconds(tmp_path, monkeypatch, no_network):
+    from huggingface_hub import constants
+
+    from dnd.backends.loading import hub_unavailable
+
+    assert hub_unavailable(str(tmp_path)) is None  # a local folder loads without the hub
+    assert "HF_HUB_OFFLINE is set" in hub_unavailable("openai/clip-vit-base-patch16")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    started = time.perf_counter()
+    reason = hub_unavailable("openai/clip-vit-base-patch16")
+    assert time.perf_counter() - started < 5
+    assert reason.startswith("the Hugging Face hub (huggingface.co) is unreachable (network is unreachable")
+    assert "neither a folder nor a Hugging Face model id" in hub_unavailable("/no/such/folder")
