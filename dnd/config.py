@@ -108,6 +108,12 @@ class OpenAIConfig(_Section):
         1.0, ge=0, description="Wait before the first retry; each further retry waits twice as long."
     )
     concurrency: int = execution_detail(8, ge=1, description="Requests in flight at once.")
+    reasoning_tokens: int = execution_detail(
+        4096,
+        ge=0,
+        description="Models that take max_completion_tokens (o-series, gpt-5 family) reason before they answer, "
+        "within that limit: this many tokens are allowed on top of the answer's own. Only tokens used are billed.",
+    )
 
 
 class CaptionConfig(_Section):

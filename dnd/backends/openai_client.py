@@ -6,12 +6,19 @@ token and nowhere else: not in names, cache keys, replies or error messages. A s
 
 Failures never raise: a request whose retries are used up (HTTP 429 / 5xx, timeouts, dropped connections) or that
 fails for good (another HTTP error, a malformed answer) becomes a :class:`ChatReply` with ``error`` set.
+
+Newer OpenAI models (the o-series, the gpt-5 family) reject ``max_tokens`` (they take ``max_completion_tokens``, which
+also bounds their hidden reasoning) and any ``temperature`` but the default. A client learns this from the first HTTP
+400 that names the parameter and from then on sends every request adapted (see :meth:`OpenAIClient.adapted`); the
+request that met the 400 is sent again at once. Nothing is configured, and callers and their cache keys never see
+the difference: a model that takes the parameters gets exactly the requests it always got.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +33,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # The openai client insists on some key; servers on this machine ignore it.
 _NO_KEY = "no-key"
+#: Request parameters a model may reject, which a client then adapts (see :meth:`OpenAIClient.adapted`).
+ADAPTABLE_PARAMETERS = ("max_tokens", "temperature")
 
 
 def server_label(config: OpenAIConfig) -> str:
@@ -71,6 +80,9 @@ class OpenAIClient:
             timeout=config.timeout_s,
             max_retries=0,
         )
+        #: The :data:`ADAPTABLE_PARAMETERS` this server's model has rejected so far.
+        self.rejected: set[str] = set()
+        self._lock = threading.Lock()
 
     def complete_all(self, calls: Sequence[Mapping[str, Any]]) -> list[ChatReply]:
         """Run ``calls``, ``concurrency`` at a time: one reply per call, in order.
@@ -83,36 +95,77 @@ class OpenAIClient:
             return list(pool.map(self.complete, calls))
 
     def complete(self, call: Mapping[str, Any]) -> ChatReply:
-        """One chat completion, retried with exponential backoff on 429, 5xx, timeouts and connection errors."""
+        """One chat completion, retried with exponential backoff on 429, 5xx, timeouts and connection errors.
+
+        An HTTP 400 naming a parameter the model rejects is not a failure: the request is sent again at once,
+        adapted (:meth:`adapted`). ``attempts`` of the reply counts every request sent.
+        """
         import openai
 
-        attempts = self.config.max_retries + 1
+        budget = self.config.max_retries + 1
+        failures = 0
         for attempt in itertools.count(1):
             detail = ""
+            request = self.adapted(call)
             try:
-                response = self._client.chat.completions.create(model=self.config.model, **call)
+                response = self._client.chat.completions.create(model=self.config.model, **request)
             except openai.APITimeoutError:
                 failure, retry = f"timed out (timeout_s={self.config.timeout_s})", True
             except openai.APIConnectionError:
                 failure, retry = f"could not connect to {self.label}", True
             except openai.APIStatusError as exc:
+                if exc.status_code == 400 and self._learn_rejection(exc.body, request):
+                    continue
                 failure, detail = f"HTTP {exc.status_code}", self._server_message(exc.body)
                 retry = exc.status_code == 429 or exc.status_code >= 500
             except ValueError:  # the body is not JSON (a shape other than a completion is caught in _reply)
                 return ChatReply(None, error="malformed reply (not JSON)", attempts=attempt)
             else:
                 return self._reply(response, attempt)
-            if not retry or attempt == attempts:
+            failures += 1
+            if not retry or failures == budget:
                 plural = "s" if attempt > 1 else ""
                 return ChatReply(None, error=f"{failure} after {attempt} attempt{plural}{detail}", attempts=attempt)
-            time.sleep(self.config.retry_backoff_s * 2 ** (attempt - 1))
+            time.sleep(self.config.retry_backoff_s * 2 ** (failures - 1))
 
-    @staticmethod
-    def _reply(response: Any, attempt: int) -> ChatReply:
+    def adapted(self, call: Mapping[str, Any]) -> dict[str, Any]:
+        """``call`` as this model takes it: once ``max_tokens`` was rejected, the limit goes as
+        ``max_completion_tokens``, raised by ``reasoning_tokens`` for the reasoning that such models do first and
+        count against it; once ``temperature`` was rejected, it is left out (the model samples at its default)."""
+        request = dict(call)
+        if "max_tokens" in self.rejected and "max_tokens" in request:
+            request["max_completion_tokens"] = request.pop("max_tokens") + self.config.reasoning_tokens
+        if "temperature" in self.rejected:
+            request.pop("temperature", None)
+        return request
+
+    def _learn_rejection(self, body: object, sent: Mapping[str, Any]) -> bool:
+        """Remember the parameter an HTTP 400 ``body`` says the model rejects. True when the request ``sent`` still
+        carried it (so it is worth sending again, adapted; a concurrent request may have taught the client already),
+        False for any other 400, so a model that rejects the adapted request too fails instead of looping."""
+        if not isinstance(body, dict):
+            return False
+        param, message = body.get("param"), str(body.get("message") or "")
+        named = [name for name in ADAPTABLE_PARAMETERS if param == name or f"'{name}'" in message]
+        if not named or named[0] not in sent or "support" not in message.lower():  # "Unsupported parameter: ..."
+            return False
+        with self._lock:
+            self.rejected.add(named[0])
+        return True
+
+    def _reply(self, response: Any, attempt: int) -> ChatReply:
         choices = getattr(response, "choices", None) or [None]
         content = getattr(getattr(choices[0], "message", None), "content", None)
         if not isinstance(content, str):
             return ChatReply(None, error="malformed reply (no message content)", attempts=attempt)
+        if not content and getattr(choices[0], "finish_reason", None) == "length" and "max_tokens" in self.rejected:
+            return ChatReply(
+                None,
+                error=f"{self.config.model} used all its completion tokens before answering (its reasoning counts "
+                f"against them): raise openai.reasoning_tokens (now {self.config.reasoning_tokens}) in the config "
+                f"section that names the model",
+                attempts=attempt,
+            )
         usage = getattr(response, "usage", None)
         return ChatReply(
             content,

@@ -11,6 +11,10 @@ message>"``, so concurrent requests can be told apart by their answers. Behaviou
 - ``("raw", body)``: status 200 with ``body`` as the JSON content (e.g. ``"not json"``);
 - ``("bad_key", None)``: HTTP 401 whose message quotes the bearer token back, as api.openai.com does.
 
+A request for a model of the newer OpenAI families (:data:`REASONING_MODELS`: o-series, gpt-5) is first checked as
+api.openai.com checks it: one that sends ``max_tokens``, or a ``temperature`` other than 1, gets HTTP 400 with
+api.openai.com's error body for it (one parameter at a time, ``max_tokens`` first), without taking a behaviour.
+
 Every request is recorded (body, headers, start and end times) and :meth:`ScriptedServer.max_in_flight` says how
 many overlapped. Waits end early when the server stops, so teardown never hangs on a sleeping handler.
 """
@@ -30,6 +34,8 @@ from typing import Any
 Behaviour = tuple[str, Any]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Model-name prefixes of the families that reject ``max_tokens`` and a non-default ``temperature``.
+REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 
 
 @dataclass
@@ -80,6 +86,9 @@ class ScriptedServer:
         text = _last_user_text(body)
         with self._lock:
             self.received.append(record)
+            rejection = _rejection(body)
+            if rejection is not None:
+                return record, ("reject", rejection)
             for match, queue in self._queues.items():
                 if match is not None and match in text and queue:
                     return record, queue.popleft()
@@ -88,6 +97,34 @@ class ScriptedServer:
 
     def wait(self, seconds: float) -> None:
         self._stopping.wait(seconds)
+
+
+def _rejection(body: dict[str, Any]) -> dict[str, Any] | None:
+    """api.openai.com's HTTP 400 error for a parameter a reasoning model does not take, or None."""
+    if not str(body.get("model", "")).startswith(REASONING_MODELS):
+        return None
+    if "max_tokens" in body:
+        message = (
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+        )
+        return {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "unsupported_parameter",
+        }
+    if body.get("temperature", 1) != 1:
+        message = (
+            f"Unsupported value: 'temperature' does not support {body['temperature']} with this model. Only the "
+            f"default (1) value is supported."
+        )
+        return {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "unsupported_value",
+        }
+    return None
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -149,6 +186,8 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, _completion(body, f"echo: {_last_user_text(body)}"))
             elif kind == "raw":
                 self._send(200, value)
+            elif kind == "reject":
+                self._send(400, {"error": value})
             else:
                 raise ValueError(f"unknown behaviour {kind!r}")
 

@@ -27,8 +27,8 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def openai_llm(server: ScriptedServer, **settings) -> OpenAIConceptLLM:
     """An LLM on ``server`` with a short backoff (10 ms, 20 ms, ...) so retry tests stay fast."""
-    defaults = {"timeout_s": 2.0, "max_retries": 2, "retry_backoff_s": 0.01, "concurrency": 8}
-    config = OpenAIConfig(base_url=server.base_url, model="test-model", api_key_env=KEY_ENV, **defaults | settings)
+    defaults = {"model": "test-model", "timeout_s": 2.0, "max_retries": 2, "retry_backoff_s": 0.01, "concurrency": 8}
+    config = OpenAIConfig(base_url=server.base_url, api_key_env=KEY_ENV, **defaults | settings)
     return OpenAIConceptLLM(config)
 
 
@@ -295,3 +295,55 @@ def test_smollm2_answers_chat_requests(smollm2):
     for reply in replies:
         assert reply.error is None and reply.text
         assert reply.prompt_tokens > 30 and 0 < reply.completion_tokens <= 12
+
+
+def test_a_model_that_rejects_max_tokens_and_temperature_is_adapted_once_per_client(openai_server):
+    llm = openai_llm(openai_server, model="gpt-5-mini", concurrency=1)
+
+    replies = llm.chat([ask("zebra"), ask("puppy"), ask("rose")])
+
+    assert [(r.text, r.error, r.attempts) for r in replies] == [
+        ("echo: zebra", None, 3),  # max_tokens rejected, then temperature, then answered
+        ("echo: puppy", None, 1),  # sent adapted from the start
+        ("echo: rose", None, 1),
+    ]
+    first, second, third, *later = [r.body for r in openai_server.received]
+    assert (first["max_tokens"], first["temperature"]) == (16, 0.3)
+    assert (second["max_completion_tokens"], second["temperature"]) == (16 + 4096, 0.3)
+    assert "max_tokens" not in second
+    for body in [third, *later]:
+        assert body["max_completion_tokens"] == 16 + 4096 and "max_tokens" not in body and "temperature" not in body
+        assert body["seed"] == 0 and body["model"] == "gpt-5-mini"
+    assert len(later) == 2
+    assert llm.name == f"openai:gpt-5-mini@127.0.0.1:{openai_server.port}"  # cache keys do not see the adaptation
+
+
+def test_concurrent_requests_all_adapt_and_succeed(openai_server):
+    llm = openai_llm(openai_server, model="o4-mini", concurrency=8, reasoning_tokens=100)
+
+    replies = llm.chat([ask(f"request {i}") for i in range(8)])
+
+    assert [(r.text, r.error) for r in replies] == [(f"echo: request {i}", None) for i in range(8)]
+    answered = [
+        r.body for r in openai_server.received if "max_completion_tokens" in r.body and "temperature" not in r.body
+    ]
+    assert len(answered) == 8 and {body["max_completion_tokens"] for body in answered} == {116}
+
+
+def test_other_client_errors_and_an_answer_lost_to_reasoning_are_reported(openai_server):
+    openai_server.script(("status", 400))  # a 400 that names no parameter: not adapted, not retried
+    [reply] = openai_llm(openai_server, model="gpt-5").chat([ask("anything")])
+    assert reply.error == "HTTP 400 after 3 attempts: scripted status 400"  # after max_tokens and temperature
+
+    empty = '{"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}]}'
+    openai_server.script(("raw", empty))
+    [reply] = openai_llm(openai_server, model="gpt-5", reasoning_tokens=64).chat([ask("think hard")])
+    assert reply.text is None
+    assert reply.error.startswith("gpt-5 used all its completion tokens before answering")
+    assert "raise openai.reasoning_tokens (now 64)" in reply.error
+
+
+def test_the_adaptation_settings_are_not_in_cache_keys():
+    from dnd.config import key_fields
+
+    assert "reasoning_tokens" not in key_fields(OpenAIConfig())

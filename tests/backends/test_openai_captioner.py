@@ -96,3 +96,23 @@ def test_a_failed_request_raises_with_the_reason(openai_server):
 
     with pytest.raises(DnDError, match="HTTP 503 after 6 attempts"):
         captioner.caption(images(1))
+
+
+def test_a_model_that_rejects_max_tokens_and_temperature_captions_after_adapting(openai_server):
+    config = vision_config(openai_server)
+    config = config.model_copy(update={"openai": config.openai.model_copy(update={"model": "o4-mini"})})
+    openai_server.script(("ok", '["a striped cat", "grass"]'), ("ok", '["a red car"]'))
+    captioner = build_captioner(config, "cpu")
+
+    assert captioner.caption(images(2)) == ["a striped cat", "grass"]
+    assert captioner.caption(images(1)) == ["a red car"]
+
+    bodies = [r.body for r in openai_server.received]
+    assert [sorted(set(body) & {"max_tokens", "max_completion_tokens", "temperature"}) for body in bodies] == [
+        ["max_tokens", "temperature"],
+        ["max_completion_tokens", "temperature"],
+        ["max_completion_tokens"],
+        ["max_completion_tokens"],  # the second batch is sent adapted at once
+    ]
+    assert bodies[2]["max_completion_tokens"] == (10 + 4) * 2 + 4096
+    assert captioner.name == captioner_name(vision_config(openai_server)).replace("vision-model", "o4-mini")

