@@ -1,5 +1,5 @@
 """Commands that compare and evaluate label sets: ``compare``, ``clip-dissect``, ``evaluate final-layer``, ``evaluate
-cosy``.
+cosy``, ``evaluate classifiers``.
 
 Thin like the rest of the CLI: parse, call the library, print. ``dnd.cli`` registers them and turns a
 :class:`~dnd.errors.DnDError` into one clear message. Heavy modules are imported inside the commands.
@@ -251,6 +251,92 @@ def cosy(
     )
     if out_path is not None:
         write_results(result, out_path)
+        out.print(f"wrote {out_path}", highlight=False)
+
+
+def classifiers(
+    labels: Annotated[
+        str,
+        typer.Argument(
+            help="Label file (PATH, PATH:LAYER or a quoted glob, as for compare) or one of our runs' score-<key> "
+            "folders.",
+            show_default=False,
+        ),
+    ],
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", help="YAML config naming the network the labels describe.", show_default=False),
+    ],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer module path, as the label file names it.")],
+    images: Annotated[
+        Path,
+        typer.Option(
+            "--images",
+            help="A labelled image set: one folder per class (<class>/<image>), e.g. ../shared/data/cifar10-test.",
+            show_default=False,
+        ),
+    ],
+    embedder: PaperEmbedderOption = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write results: .csv (one row per class and space) or .json (all)."),
+    ] = None,
+    device: DeviceOption = "auto",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key, e.g. --set probe.batch_size=256.", show_default=False),
+    ] = None,
+) -> None:
+    """Neurons as classifiers (DnD appendix B.8): per class of a labelled image set, the neuron whose description is
+    nearest to the class name, and the AUROC of its activation as a one-vs-rest classifier; the mean over classes.
+
+    The network's activations on the set are recorded once (stage 1, the set as the probe) and reused later.
+
+    Example: dnd evaluate classifiers outputs/cifar10_resnet20/layer3/score-<key> --config configs/cifar10_resnet20.yaml
+    --layer layer3 --images ../shared/data/cifar10-test --embedder minilm
+    """
+    from dnd.compare.readers import read_label_source
+    from dnd.config import load_config
+    from dnd.evaluate.classifiers import check_out_path, evaluate_classifiers, write_results
+
+    if out_path is not None:
+        check_out_path(out_path)
+    label_set = read_label_source(labels)
+    _print_warnings(label_set)
+    if not images.is_dir():
+        raise DnDError(f"--images {images}: no such folder (give a labelled image set, one folder per class)")
+    run_config = load_config(config, set_)
+    spaces = _evaluation_spaces(embedder, device)
+    evaluation = evaluate_classifiers(run_config, label_set, layer, images, spaces)
+    for result in evaluation.results:
+        table = Table(
+            title=f"{label_set.name}, {layer} as classifiers of {images.name} ({result.embedder}): "
+            f"mean AUROC {result.mean_auroc:.4f}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
+        for column in ("class", "images", "unit", "AUROC", "sim.", "nearest description"):
+            justify = "left" if column in ("class", "nearest description") else "right"
+            table.add_column(column, justify=justify, overflow="fold")
+        for match in result.classes:
+            tied = f" (+{len(match.units) - 1} tied, AUROC averaged)" if len(match.units) > 1 else ""
+            table.add_row(
+                escape(match.class_name),
+                str(match.images),
+                " ".join(map(str, match.units)),
+                f"{match.auroc:.4f}",
+                f"{match.similarity:.3f}",
+                escape(match.labels[0]) + tied,
+            )
+        out.print(table)
+    out.print(
+        f"{evaluation.labelled_units} described neurons of {layer} were candidates; {evaluation.results[0].n_images} "
+        f"images" + (f" ({evaluation.skipped_images} unreadable, left out)" if evaluation.skipped_images else ""),
+        highlight=False,
+    )
+    _report_stand_ins(spaces)
+    if out_path is not None:
+        write_results(evaluation, out_path)
         out.print(f"wrote {out_path}", highlight=False)
 
 

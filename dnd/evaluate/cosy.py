@@ -35,6 +35,7 @@ from dnd.backends import Backends
 from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
 from dnd.errors import DnDError
+from dnd.evaluate.metrics import roc_auc
 from dnd.image_store import generate_missing, image_store, plan_images
 from dnd.pipeline import Pipeline
 from dnd.store import atomic_write_text
@@ -48,25 +49,6 @@ CSV_COLUMNS = ("source", "layer", "unit", "label", "auc", "mad")
 
 
 # --- the metrics --------------------------------------------------------------------------------------------------
-
-
-def roc_auc(synthetic: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
-    """Exact ROC-AUC of ``synthetic [..., m]`` (label 1) against ``control [..., n]`` (label 0), per leading index.
-
-    ``AUC = U / (m · n)`` with the Mann–Whitney count ``U = Σ_i Σ_j ([s_i > c_j] + ½ · [s_i = c_j])``: the chance that
-    a random synthetic image out-activates a random control image, ties counted as half. 1 when every synthetic value
-    exceeds every control value, 0 when none does, ½ when both come from one distribution. Per synthetic value, two
-    binary searches in the sorted control values count those below it and those not above it, so the cost is
-    ``O((m + n) log n)``, not ``O(m n)``. The leading dimensions of both inputs must match (``[n_neurons, m]`` against
-    ``[n_neurons, n]`` scores every neuron at once); ``m, n ≥ 1``, values finite. Returns float64 ``[...]``.
-    """
-    ordered = control.double().sort(dim=-1).values.contiguous()
-    values = synthetic.double().contiguous()
-    below = torch.searchsorted(ordered, values, side="left")  # [..., m]: controls < s_i
-    not_above = torch.searchsorted(ordered, values, side="right")  # [..., m]: controls <= s_i
-    # below + ½ · (not_above − below) per synthetic value; integers and halves, exact in float64.
-    u = (below + not_above).double().sum(dim=-1) / 2
-    return u / (synthetic.shape[-1] * control.shape[-1])
 
 
 def mean_activation_difference(synthetic: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
