@@ -208,12 +208,14 @@ def cosy(
 ) -> None:
     """CoSy: per neuron, AUC and MAD of its activations on images generated from its label against the probing set.
 
-    Images (cosy.*) are made once per distinct label by the stage-5 generator and reused by later evaluations.
+    By default the published protocol: 50 images per label from SDXL base 1.0 with the prompt "realistic photo of a
+    close up of {description}". --set cosy.generator=sd15 or sd-turbo is cheaper but not comparable with published
+    numbers; cosy.generator=synthesize uses the config's synthesize.* settings. Images are made once per distinct
+    label and reused by later evaluations.
 
     Example: dnd evaluate cosy ../shared/reference/clip-dissect/resnet50_imagenet_broden.csv
     --config configs/resnet50_imagenet.yaml --layer layer4 --neurons 0-63 --out cosy.csv
     """
-    from dnd.backends import Backends
     from dnd.compare.readers import read_label_source
     from dnd.config import load_config
     from dnd.evaluate.cosy import check_out_path, evaluate_cosy, write_results
@@ -223,7 +225,7 @@ def cosy(
     label_set = read_label_source(labels)
     _print_warnings(label_set)
     run_config = load_config(config, set_)
-    result = evaluate_cosy(run_config, label_set, layer, parse_neurons(neurons), Backends(run_config))
+    result = evaluate_cosy(run_config, label_set, layer, parse_neurons(neurons))
     if result.unlabelled:
         shown = ", ".join(map(str, result.unlabelled[:SHOWN_WARNINGS]))
         more = f" and {len(result.unlabelled) - SHOWN_WARNINGS} more" if len(result.unlabelled) > SHOWN_WARNINGS else ""
@@ -249,6 +251,14 @@ def cosy(
         f"images: {result.images_generated} generated, {result.images_reused} reused, by {escape(result.generator)}",
         highlight=False,
     )
+    if not result.deviations:
+        out.print("protocol: published (CoSy's generator, image count and prompt): comparable numbers", highlight=False)
+    else:
+        out.print(
+            f"[bold yellow]protocol: not the published one[/] ({escape(', '.join(result.deviations))}): these numbers "
+            f"are not comparable with published CoSy numbers",
+            highlight=False,
+        )
     if out_path is not None:
         write_results(result, out_path)
         out.print(f"wrote {out_path}", highlight=False)

@@ -220,22 +220,85 @@ class ClipDissectConfig(_Section):
     )
 
 
+#: CoSy's text-to-image settings, by ``cosy.generator``. ``published`` is the protocol of Kopf et al. (2024), whose
+#: numbers ours are compared with: Stable Diffusion XL base 1.0 at its pipeline's defaults (its own Euler scheduler,
+#: 50 steps, guidance 5.0, 1024×1024). The others are cheaper stand-ins whose CoSy numbers are NOT comparable with
+#: published ones: ``sd15`` is the paper config's stage 5 (SD 1.5, DPM-Solver, 50 steps, 512 px), ``sd-turbo`` the
+#: turbo config's (SD-Turbo, 1 step). ``synthesize`` (not listed here) uses this run's own ``synthesize.*``.
+COSY_GENERATORS: dict[str, SynthesizeConfig] = {
+    "published": SynthesizeConfig(
+        model="stabilityai/stable-diffusion-xl-base-1.0",
+        scheduler="model_default",
+        steps=50,
+        guidance_scale=5.0,
+        size=1024,
+    ),
+    "sd15": SynthesizeConfig(
+        model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        scheduler="dpm_multistep",
+        steps=50,
+        guidance_scale=7.5,
+        size=512,
+    ),
+    "sd-turbo": SynthesizeConfig(
+        model="stabilityai/sd-turbo", scheduler="model_default", steps=1, guidance_scale=0.0, size=512
+    ),
+}
+
+
 class CosyConfig(_Section):
     """``dnd evaluate cosy``: CoSy (Kopf et al., 2024) scores a label by the neuron's activations on images generated
     from it against the probing set (method.md, section 3).
 
-    The images come from the stage-5 generator (``synthesize.model`` and its settings) and go to the same image store,
-    so they are generated once and reused by every later evaluation. The prompt is a setting of the protocol, not a
-    method prompt in ``prompts/``: published CoSy numbers use this one, and ``--set cosy.prompt=...`` changes it for
-    one evaluation without editing a file.
+    The defaults are the published protocol (generator ``published``, 50 images per label, their prompt), so our
+    CoSy numbers are comparable with theirs; ``generator`` chooses a cheaper stand-in (see :data:`COSY_GENERATORS`)
+    or, with ``synthesize``, this run's stage-5 generator. Images go to stage 5's image store, keyed by the generator's
+    model and settings, so they are generated once and reused by every later evaluation. The prompt is a setting of
+    the protocol, not a method prompt in ``prompts/``: ``--set cosy.prompt=...`` changes it for one evaluation without
+    editing a file.
     """
 
+    generator: Literal["published", "sd15", "sd-turbo", "synthesize"] = Field(
+        "published",
+        description="published: SDXL base 1.0 as CoSy's authors ran it (comparable numbers); sd15 or sd-turbo: "
+        "cheaper, not comparable; synthesize: this run's synthesize.* settings.",
+    )
+    model: str | None = Field(
+        None,
+        description="Where to load the chosen generator's model from (e.g. a local folder saved with "
+        "save_pretrained); empty means its hub id. For generator=synthesize set synthesize.model instead.",
+    )
     images_per_label: int = Field(50, ge=1, description="Images generated per distinct label.")
     prompt: str = Field(
         "realistic photo of a close up of {description}",
         description="Text-to-image prompt; {description} stands for the label (a literal brace is {{ or }}).",
     )
     batch_size: int = execution_detail(8, ge=1, description="Images generated together.")
+
+    def deviations(self) -> list[str]:
+        """``key=value`` of each setting that departs from the published protocol (empty when none does, so the
+        numbers are comparable with published CoSy numbers; ``model`` may point at a local copy of the same model)."""
+        published = {
+            "generator": "published",
+            "images_per_label": 50,
+            "prompt": type(self).model_fields["prompt"].default,
+        }
+        return [f"cosy.{key}={getattr(self, key)!r}" for key, value in published.items() if getattr(self, key) != value]
+
+    def generator_settings(self, synthesize: SynthesizeConfig) -> SynthesizeConfig:
+        """The text-to-image settings this protocol uses: ``synthesize`` itself for ``generator=synthesize``, else
+        the preset's (with ``model`` in place of its hub id when set), generating ``batch_size`` images at a time.
+
+        Raises :class:`ConfigError` for ``model`` with ``generator=synthesize``.
+        """
+        if self.generator == "synthesize":
+            if self.model is not None:
+                raise ConfigError(
+                    "cosy.model applies to the preset generators; with cosy.generator=synthesize set synthesize.model"
+                )
+            return synthesize.model_copy(update={"batch_size": self.batch_size})
+        preset = COSY_GENERATORS[self.generator]
+        return preset.model_copy(update={"model": self.model or preset.model, "batch_size": self.batch_size})
 
 
 class RunConfig(_Section):

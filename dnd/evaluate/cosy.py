@@ -1,10 +1,11 @@
 """CoSy (Kopf et al., NeurIPS 2024): does a neuron's label name what drives it? (method.md, section 3)
 
 For a neuron with label *d*, ``cosy.images_per_label`` images are generated from ``cosy.prompt`` with *d* in place of
-``{description}``; the control set is the probing set. With the neuron's activations ``s_1 … s_m`` on the images of
-its label and ``c_1 … c_n`` on the control images (each summarised as stage 1 does: ``record.summary`` /
-``record.tokens``), two scores, both higher-is-better, are computed by :func:`roc_auc` and
-:func:`mean_activation_difference`:
+``{description}`` by the generator ``cosy.generator`` names (by default the published protocol's, SDXL base 1.0: see
+:data:`~dnd.config.COSY_GENERATORS` and :func:`cosy_run_config`); the control set is the probing set. With the
+neuron's activations ``s_1 … s_m`` on the images of its label and ``c_1 … c_n`` on the control images (each
+summarised as stage 1 does: ``record.summary`` / ``record.tokens``), two scores, both higher-is-better, are computed
+by :func:`roc_auc` and :func:`mean_activation_difference`:
 
 - **AUC**: the ROC-AUC of the activation as a score separating synthetic (1) from control (0) images;
 - **MAD**: the difference of the two means in units of the control set's standard deviation.
@@ -105,6 +106,10 @@ class CosyResult(BaseModel):
 
     source: str
     layer: str
+    protocol: str = Field(description="cosy.generator: published, or a cheaper stand-in.")
+    deviations: list[str] = Field(
+        description="Settings that differ from the published protocol (empty: comparable with published numbers)."
+    )
     generator: str = Field(description="The generator's name: model and every setting that changes the pixels.")
     prompt: str = Field(description="The prompt template (cosy.prompt).")
     images_per_label: int
@@ -124,16 +129,29 @@ class CosyResult(BaseModel):
 # --- the evaluation -----------------------------------------------------------------------------------------------
 
 
+def cosy_run_config(config: RunConfig) -> RunConfig:
+    """``config`` with ``synthesize`` set to the text-to-image settings of its CoSy protocol
+    (:meth:`~dnd.config.CosyConfig.generator_settings`), so that ``Backends`` of it build CoSy's generator."""
+    return config.model_copy(update={"synthesize": config.cosy.generator_settings(config.synthesize)})
+
+
 def evaluate_cosy(
-    config: RunConfig, labels: LabelSet, layer: str, neurons: list[int] | None, backends: Backends
+    config: RunConfig,
+    labels: LabelSet,
+    layer: str,
+    neurons: list[int] | None,
+    backends: Backends | None = None,
 ) -> CosyResult:
     """CoSy AUC and MAD of ``neurons`` of ``layer`` (default: every neuron ``labels`` labels there), each scored on
-    the images of its first label against the probing set of ``config``; models come from ``backends``.
+    the images of its first label against the probing set of ``config``; models come from ``backends`` (default:
+    ``Backends`` of :func:`cosy_run_config`, i.e. with CoSy's generator).
 
     Raises :class:`DnDError` when ``cosy.prompt`` lacks its placeholder, ``layer`` is not in ``labels``, none of the
     requested neurons has a label, a labelled neuron is beyond the layer's size, or a stored image is unreadable.
     """
     check_prompt(config.cosy.prompt)
+    config = cosy_run_config(config)
+    backends = backends or Backends(config)
     # 1. The neurons to score: those requested that have a label in this layer.
     labels.check_layers([layer])
     rows = labels.units(layer)
@@ -184,6 +202,8 @@ def evaluate_cosy(
     return CosyResult(
         source=labels.source,
         layer=layer,
+        protocol=config.cosy.generator,
+        deviations=config.cosy.deviations(),
         generator=backends.generator_name(),
         prompt=config.cosy.prompt,
         images_per_label=config.cosy.images_per_label,

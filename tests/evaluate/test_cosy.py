@@ -22,12 +22,20 @@ from typer.testing import CliRunner
 import dnd.backends.generators
 from dnd.artifacts import Labels, NeuronLabels
 from dnd.backends import Backends
-from dnd.backends.generators import GenerationRequest
+from dnd.backends.generators import GenerationRequest, generator_name
 from dnd.backends.targets import TargetNetwork
 from dnd.cli import app
 from dnd.compare.readers import LabelRow, LabelSet
+from dnd.config import COSY_GENERATORS, SynthesizeConfig, load_config
 from dnd.errors import DnDError
-from dnd.evaluate.cosy import CosyResult, evaluate_cosy, mean_activation_difference, roc_auc, write_results
+from dnd.evaluate.cosy import (
+    CosyResult,
+    cosy_run_config,
+    evaluate_cosy,
+    mean_activation_difference,
+    roc_auc,
+    write_results,
+)
 from dnd.store import write_model
 from tests.helpers import make_config, to_tensor, write_cifar_config, write_images
 
@@ -255,14 +263,14 @@ def test_results_files(evaluate, tmp_path):
 
 
 @pytest.fixture
-def cifar(tmp_path, monkeypatch) -> tuple[Path, list[int]]:
-    """(config path, build_generator call counter): cifar_resnet20 with random weights over 12 images, and the
+def cifar(tmp_path, monkeypatch) -> tuple[Path, list[SynthesizeConfig]]:
+    """(config path, the settings of every generator built): cifar_resnet20 with random weights over 12 images, and the
     built-in generator replaced by a 32×32 stub."""
     path = write_cifar_config(tmp_path, probe={"batch_size": 8}, cosy={"images_per_label": 3})
-    built: list[int] = []
+    built: list[SynthesizeConfig] = []
 
-    def build_generator(_config, _device):
-        built.append(1)
+    def build_generator(settings, _device):
+        built.append(settings)
         return PatternGenerator(size=32)
 
     monkeypatch.setattr(dnd.backends.generators, "build_generator", build_generator)
@@ -286,7 +294,8 @@ def test_cosy_command(cifar, tmp_path):
     assert "images: 6 generated, 0 reused" in output
     rows = (tmp_path / "c.csv").read_text().splitlines()
     assert [row.split(",")[2:4] for row in rows[1:]] == [["0", "red patches"], ["1", "checkerboard"]]
-    assert built == [1]
+    assert [settings.model for settings in built] == ["stabilityai/stable-diffusion-xl-base-1.0"]  # the published one
+    assert "protocol: not the published one (cosy.images_per_label=3): these numbers are not comparable" in output
 
     # Again, from one of our runs' score folders: every image is stored, so no generator is built.
     run_folder = tmp_path / "score-0123"
@@ -300,11 +309,53 @@ def test_cosy_command(cifar, tmp_path):
     )
     result = invoke(run_folder, "--config", config, "--layer", "layer1", "--out", tmp_path / "c.json")
     assert result.exit_code == 0, result.output
-    assert "images: 0 generated, 6 reused" in " ".join(result.output.split()) and built == [1]
+    assert "images: 0 generated, 6 reused" in " ".join(result.output.split()) and len(built) == 1
     assert [n["label"] for n in json.loads((tmp_path / "c.json").read_text())["neurons"]] == [
         "red patches",
         "checkerboard",
     ]
+
+
+def test_the_published_protocol_is_the_default_and_cheaper_generators_say_so(cifar, tmp_path):
+    config, built = cifar
+    labels = tmp_path / "net_layer1.csv"
+    labels.write_text("Neuron ID,label\n0,red patches\n")
+    published = ["--set", "cosy.images_per_label=50"]
+
+    result = invoke(labels, "-c", config, "-l", "layer1", *published)
+    assert result.exit_code == 0, result.output
+    words = " ".join(result.output.split())
+    assert "protocol: published (CoSy's generator, image count and prompt): comparable numbers" in words
+    sdxl = "diffusers:stabilityai/stable-diffusion-xl-base-1.0:model_default:steps=50:guidance=5.0:size=1024"
+    assert f"by{sdxl}" in "".join(result.output.split())
+    result = invoke(labels, "-c", config, "-l", "layer1", *published, "--set", "cosy.generator=sd-turbo")
+    assert "protocol: not the published one (cosy.generator='sd-turbo')" in " ".join(result.output.split())
+    assert [(s.model, s.steps) for s in built] == [
+        ("stabilityai/stable-diffusion-xl-base-1.0", 50),
+        ("stabilityai/sd-turbo", 1),
+    ]
+
+
+def test_cosy_generator_settings():
+    run = load_config(None, ["synthesize.model=/models/my-sd", "synthesize.steps=20", "cosy.batch_size=2"])
+    assert run.cosy.images_per_label == 50 and run.cosy.prompt == "realistic photo of a close up of {description}"
+    published = cosy_run_config(run).synthesize
+    assert (published.model, published.scheduler, published.steps, published.guidance_scale, published.size) == (
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "model_default",
+        50,
+        5.0,
+        1024,
+    )
+    assert published.batch_size == 2
+    local = cosy_run_config(run.model_copy(update={"cosy": run.cosy.model_copy(update={"model": "/models/sdxl"})}))
+    assert local.synthesize.model == "/models/sdxl" and local.cosy.deviations() == []
+    own = cosy_run_config(run.model_copy(update={"cosy": run.cosy.model_copy(update={"generator": "synthesize"})}))
+    assert (own.synthesize.model, own.synthesize.steps) == ("/models/my-sd", 20)
+    names = {
+        generator_name(cosy_run_config(load_config(None, [f"cosy.generator={g}"])).synthesize) for g in COSY_GENERATORS
+    }
+    assert len(names) == 3  # each preset's images are stored under keys of their own
 
 
 def test_cosy_command_errors_and_help(cifar, tmp_path):
@@ -324,6 +375,9 @@ def test_cosy_command_errors_and_help(cifar, tmp_path):
         labels, "-c", config, "-l", "layer1"
     )
     assert "write results to a .csv" in error(labels, "-c", config, "-l", "layer1", "--out", tmp_path / "x.txt")
+    assert "cosy.model applies to the preset generators" in error(
+        labels, "-c", config, "-l", "layer1", "--set", "cosy.generator=synthesize", "--set", "cosy.model=/m"
+    )
     assert built == []
 
     result = invoke("--help")
