@@ -320,28 +320,31 @@ def classifiers(
     evaluation = evaluate_classifiers(run_config, label_set, layer, images, spaces)
     for result in evaluation.results:
         table = Table(
-            title=f"{label_set.name}, {layer} as classifiers of {images.name} ({result.embedder}): "
-            f"mean AUROC {result.mean_auroc:.4f}",
+            title=f"{layer} as classifiers of {images.name} ({result.embedder}): mean AUROC {result.mean_auroc:.4f}",
             title_justify="left",
             box=box.SIMPLE_HEAD,
         )
-        for column in ("class", "images", "unit", "AUROC", "sim.", "nearest description"):
+        for column in ("class", "images", "AUROC", "sim.", "neuron", "nearest description"):
             justify = "left" if column in ("class", "nearest description") else "right"
             table.add_column(column, justify=justify, overflow="fold")
         for match in result.classes:
-            tied = f" (+{len(match.units) - 1} tied, AUROC averaged)" if len(match.units) > 1 else ""
+            tied = f" +{len(match.units) - 1}" if len(match.units) > 1 else ""
             table.add_row(
                 escape(match.class_name),
                 str(match.images),
-                " ".join(map(str, match.units)),
                 f"{match.auroc:.4f}",
                 f"{match.similarity:.3f}",
-                escape(match.labels[0]) + tied,
+                f"{match.units[0]}{tied}",
+                escape(match.labels[0]),
             )
+        if any(len(match.units) > 1 for match in result.classes):
+            table.caption = "+n: n more neurons as near (ties); the class's AUROC is their mean (--out lists all)"
+            table.caption_justify = "left"
         out.print(table)
     out.print(
-        f"{evaluation.labelled_units} described neurons of {layer} were candidates; {evaluation.results[0].n_images} "
-        f"images" + (f" ({evaluation.skipped_images} unreadable, left out)" if evaluation.skipped_images else ""),
+        f"{evaluation.labelled_units} neurons of {layer} described in {escape(label_set.name)} were candidates; "
+        f"{evaluation.results[0].n_images} images"
+        + (f" ({evaluation.skipped_images} unreadable, left out)" if evaluation.skipped_images else ""),
         highlight=False,
     )
     _report_stand_ins(spaces)
