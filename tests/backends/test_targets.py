@@ -75,6 +75,17 @@ def test_weights_options_are_checked_before_loading():
     }
 
 
+def test_places365_config_names_the_checkpoint_and_the_v1_preprocessing():
+    places = load_config("configs/resnet18_places365.yaml").target
+    assert target_identity(places) == {
+        "name": "resnet18",
+        "weights": "data/resnet18_places365.pth.tar",
+        "weights_version": "IMAGENET1K_V1",
+    }
+    preprocess = torchvision_weights(places).transforms()
+    assert (preprocess.resize_size, preprocess.crop_size, preprocess.mean) == ([256], [224], [0.485, 0.456, 0.406])
+
+
 def places365_checkpoint(path, classes: int = 365):
     """A randomly initialised ResNet-18 saved as the Places365 release is: under "state_dict", "module." prefixes."""
     module = torchvision.models.resnet18(num_classes=classes)
