@@ -60,6 +60,16 @@ PaperEmbedderOption = Annotated[
     ),
 ]
 BinsOption = Annotated[int, typer.Option("--bins", min=1, help="Histogram bins over similarity −1…1.")]
+LabelSourceArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Label file (PATH, PATH:LAYER or a quoted glob, as for compare) or one of our runs' score-<key> folders.",
+        show_default=False,
+    ),
+]
+LabelledLayerOption = Annotated[
+    str, typer.Option("--layer", "-l", help="Layer module path, as the label file names it.", show_default=False)
+]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 DEFAULT_EMBEDDER = "minilm"
 
@@ -173,14 +183,7 @@ def final_layer(
 
 
 def cosy(
-    labels: Annotated[
-        str,
-        typer.Argument(
-            help="Label file (PATH, PATH:LAYER or a quoted glob, as for compare) or one of our runs' score-<key> "
-            "folders.",
-            show_default=False,
-        ),
-    ],
+    labels: LabelSourceArgument,
     config: Annotated[
         Path,
         typer.Option(
@@ -190,7 +193,7 @@ def cosy(
             show_default=False,
         ),
     ],
-    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer module path, as the label file names it.")],
+    layer: LabelledLayerOption,
     neurons: Annotated[
         str | None,
         typer.Option("--neurons", "-n", help="Neurons to evaluate, e.g. 0-63 or 1,5,7-9; default: every labelled one."),
@@ -218,10 +221,11 @@ def cosy(
     """
     from dnd.compare.readers import read_label_source
     from dnd.config import load_config
-    from dnd.evaluate.cosy import check_out_path, evaluate_cosy, write_results
+    from dnd.evaluate.cosy import CSV_ROW, evaluate_cosy, write_results
+    from dnd.evaluate.output import check_out_path
 
     if out_path is not None:
-        check_out_path(out_path)
+        check_out_path(out_path, CSV_ROW)
     label_set = read_label_source(labels)
     _print_warnings(label_set)
     run_config = load_config(config, set_)
@@ -265,19 +269,12 @@ def cosy(
 
 
 def classifiers(
-    labels: Annotated[
-        str,
-        typer.Argument(
-            help="Label file (PATH, PATH:LAYER or a quoted glob, as for compare) or one of our runs' score-<key> "
-            "folders.",
-            show_default=False,
-        ),
-    ],
+    labels: LabelSourceArgument,
     config: Annotated[
         Path,
         typer.Option("--config", "-c", help="YAML config naming the network the labels describe.", show_default=False),
     ],
-    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer module path, as the label file names it.")],
+    layer: LabelledLayerOption,
     images: Annotated[
         Path,
         typer.Option(
@@ -307,10 +304,11 @@ def classifiers(
     """
     from dnd.compare.readers import read_label_source
     from dnd.config import load_config
-    from dnd.evaluate.classifiers import check_out_path, evaluate_classifiers, write_results
+    from dnd.evaluate.classifiers import CSV_ROW, evaluate_classifiers, write_results
+    from dnd.evaluate.output import check_out_path
 
     if out_path is not None:
-        check_out_path(out_path)
+        check_out_path(out_path, CSV_ROW)
     label_set = read_label_source(labels)
     _print_warnings(label_set)
     if not images.is_dir():

@@ -22,8 +22,6 @@ cached in the stage store under a key of the network and the set, and reused by 
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,13 +35,14 @@ from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
 from dnd.errors import DnDError
 from dnd.evaluate.metrics import roc_auc
+from dnd.evaluate.output import write_csv_or_json
 from dnd.pipeline import Pipeline
-from dnd.store import atomic_write_text
 
 #: Neurons whose descriptions are this close in cosine similarity to a class's best are tied for it.
 TIE_TOLERANCE = 1e-6
-OUT_SUFFIXES = (".csv", ".json")
 CSV_COLUMNS = ("source", "layer", "embedder", "class", "images", "units", "label", "similarity", "auroc")
+#: What one row of the CSV results holds.
+CSV_ROW = "class and text space"
 
 
 class ClassMatch(BaseModel):
@@ -173,36 +172,22 @@ def _match(
     )
 
 
-def check_out_path(path: Path) -> None:
-    """Raise :class:`DnDError` unless results can be written to ``path`` (checked before any work)."""
-    if path.suffix not in OUT_SUFFIXES:
-        raise DnDError(f"--out {path}: write results to a .csv (one row per class) or a .json file (everything)")
-
-
 def write_results(evaluation: ClassifierEvaluation, path: Path) -> None:
     """``.csv``: one row per class and text space (tied units joined by spaces, their labels by ' | ');
     ``.json``: everything."""
-    check_out_path(path)
-    if path.suffix == ".json":
-        text = evaluation.model_dump_json(indent=1)
-    else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for result in evaluation.results:
-            for match in result.classes:
-                writer.writerow(
-                    [
-                        result.source,
-                        result.layer,
-                        result.embedder,
-                        match.class_name,
-                        match.images,
-                        " ".join(map(str, match.units)),
-                        " | ".join(match.labels),
-                        match.similarity,
-                        match.auroc,
-                    ]
-                )
-        text = buffer.getvalue()
-    atomic_write_text(path, text)
+    rows = (
+        [
+            result.source,
+            result.layer,
+            result.embedder,
+            match.class_name,
+            match.images,
+            " ".join(map(str, match.units)),
+            " | ".join(match.labels),
+            match.similarity,
+            match.auroc,
+        ]
+        for result in evaluation.results
+        for match in result.classes
+    )
+    write_csv_or_json(path, evaluation, CSV_ROW, CSV_COLUMNS, rows)

@@ -22,8 +22,6 @@ The work, once per call (one layer, the requested neurons):
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import string
 from pathlib import Path
@@ -37,16 +35,17 @@ from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
 from dnd.errors import DnDError
 from dnd.evaluate.metrics import roc_auc
+from dnd.evaluate.output import write_csv_or_json
 from dnd.image_store import generate_missing, image_store, plan_images
 from dnd.pipeline import Pipeline
-from dnd.store import atomic_write_text
 
 #: The placeholder ``cosy.prompt`` must hold.
 PLACEHOLDER = "description"
 #: MAD divides by the control set's sample standard deviation, which needs this many control images.
 MIN_CONTROL_IMAGES = 2
-OUT_SUFFIXES = (".csv", ".json")
 CSV_COLUMNS = ("source", "layer", "unit", "label", "auc", "mad")
+#: What one row of the CSV results holds.
+CSV_ROW = "neuron"
 
 
 # --- the metrics --------------------------------------------------------------------------------------------------
@@ -252,24 +251,11 @@ def _check_fit(labels: LabelSet, layer: str, chosen: list[int], control: torch.T
 # --- output -------------------------------------------------------------------------------------------------------
 
 
-def check_out_path(path: Path) -> None:
-    """Raise :class:`DnDError` unless results can be written to ``path`` (checked before any work)."""
-    if path.suffix not in OUT_SUFFIXES:
-        raise DnDError(f"--out {path}: write results to a .csv (one row per neuron) or a .json file (everything)")
-
-
 def write_results(result: CosyResult, path: Path) -> None:
     """``.csv``: one row per neuron (``source,layer,unit,label,auc,mad``); ``.json``: the whole result. An undefined
     MAD is an empty cell in the CSV and ``null`` in the JSON."""
-    check_out_path(path)
-    if path.suffix == ".json":
-        text = result.model_dump_json(indent=1)
-    else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for neuron in result.neurons:
-            mad = "" if neuron.mad is None else neuron.mad
-            writer.writerow([result.source, result.layer, neuron.unit, neuron.label, neuron.auc, mad])
-        text = buffer.getvalue()
-    atomic_write_text(path, text)
+    rows = (
+        [result.source, result.layer, neuron.unit, neuron.label, neuron.auc, "" if neuron.mad is None else neuron.mad]
+        for neuron in result.neurons
+    )
+    write_csv_or_json(path, result, CSV_ROW, CSV_COLUMNS, rows)
