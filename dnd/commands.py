@@ -189,7 +189,7 @@ def cosy(
         typer.Option(
             "--config",
             "-c",
-            help="YAML config: the network, the probing set (the control images), the generator (synthesize.*).",
+            help="YAML config: the network, the probing set (the control images) and the protocol (cosy.*).",
             show_default=False,
         ),
     ],
