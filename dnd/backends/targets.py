@@ -42,6 +42,8 @@ class TargetNetwork:
     view: Callable[[Image.Image], Image.Image] = field(init=False, repr=False)
     #: The rest of ``preprocess``: ``tensorize(view(image)) == preprocess(image)``.
     tensorize: Preprocess = field(init=False, repr=False)
+    #: Layout of the network and its inputs: channels-last for convolutional networks on the CPU (see dnd.cpu).
+    memory_format: torch.memory_format = field(init=False, repr=False, default=torch.contiguous_format)
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -57,8 +59,21 @@ class TargetNetwork:
         return tensor.device if tensor is not None else torch.device("cpu")
 
     def to(self, device: torch.device | str) -> TargetNetwork:
-        self.module.to(device)
+        """Move the network to ``device``, in the memory format that is fastest there."""
+        from dnd.cpu import memory_format
+
+        self.memory_format = memory_format(self.module, torch.device(device))
+        self.module.to(device, memory_format=self.memory_format)
         return self
+
+    def place(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels [B, 3, H, W]`` on the network's device, in its memory format."""
+        return pixels.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    @torch.no_grad()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The network's output for ``pixels [B, 3, H, W]`` (preprocessed), e.g. logits ``[B, n_classes]``."""
+        return self.module(self.place(pixels))
 
     def layer(self, path: str) -> nn.Module:
         """The submodule at ``path`` (e.g. ``layer3`` or ``blocks.9.mlp``); unknown paths list near ones."""
@@ -100,7 +115,7 @@ class TargetNetwork:
         device = self.device
         try:
             with torch.autocast("cuda", dtype=torch.float16, enabled=autocast and device.type == "cuda"):
-                self.module(pixels.to(device, non_blocking=True))
+                self.module(self.place(pixels))
         except _StopForward:
             pass
         finally:
@@ -127,7 +142,7 @@ class TargetNetwork:
         modules = [(path, module) for path, module in self.module.named_modules() if path]
         handles = [module.register_forward_hook(hook_for(path)) for path, module in modules]
         try:
-            self.module(self.preprocess(sample).unsqueeze(0).to(self.device))
+            self.module(self.place(self.preprocess(sample).unsqueeze(0)))
         finally:
             for handle in handles:
                 handle.remove()
