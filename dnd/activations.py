@@ -102,5 +102,7 @@ class StoredActivations:
     def of(self, neuron: int, concept_images: list[list[str]]) -> dict[str, float]:
         """``neuron``'s activation on each of ``concept_images`` (every id must be readable)."""
         ids = list(dict.fromkeys(i for images in concept_images for i in images))
+        if not ids:  # every concept came back without images (nothing retrieved): each is scored N+1
+            return {}
         values = self.values[[self.rows[i] for i in ids], neuron].tolist()
         return dict(zip(ids, values, strict=True))

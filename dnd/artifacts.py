@@ -192,6 +192,11 @@ class ConceptImages(BaseModel):
     concept: str
     prompt: str
     image_ids: list[str]
+    missing_images: int = Field(
+        0,
+        description="Images the generator had none for (retrieval: a pool smaller than Q, or captions below "
+        "synthesize.min_similarity). A concept is scored on the images it has; with none, TopK-Squared is N+1.",
+    )
 
 
 class NeuronGenerations(NeuronResult):

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dnd import commands
+from dnd import commands, layout
 from dnd.artifacts import Captions, Concepts, Exemplars, Generations, Labels, PerNeuronArtifact, TopImages
 from dnd.config import RunConfig, load_config
 from dnd.errors import DnDError
@@ -217,6 +217,12 @@ def _print_outputs(pipeline: Pipeline, layers: list[str], last_stage: str, neuro
             _warn_about(artifact)
         if isinstance(artifact, Concepts):
             _print_concepts(artifact, neurons)
+        if isinstance(artifact, Labels):
+            _print_labels(artifact, neurons, layout.export_paths(layout.layer_dir(pipeline.store.root, layer))[1])
+    if pipeline.wall_seconds:
+        times = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in pipeline.wall_seconds.items())
+        total = sum(pipeline.wall_seconds.values())
+        out.print(f"wall time: {times}; total {total:.1f} s (stages not listed were cached)", highlight=False)
 
 
 def _summary(artifact: object) -> str:
@@ -256,6 +262,19 @@ def _print_concepts(concepts: Concepts, neurons: list[int] | None, limit: int = 
     out.print(table)
     if len(rows) > limit:
         out.print(f"… {len(rows) - limit} more neurons in artifact.json")
+
+
+def _print_labels(labels: Labels, neurons: list[int] | None, final_results: Path, limit: int = 32) -> None:
+    rows = [entry for entry in labels.neurons if neurons is None or entry.neuron in neurons]
+    table = Table("neuron", "Label 1 (description)", "Label 2", "Label 3")
+    for entry in rows[:limit]:
+        if entry.failed is not None:
+            table.add_row(str(entry.neuron), f"[red]failed: {entry.failed}[/]", "", "")
+        else:
+            table.add_row(str(entry.neuron), *(entry.labels + ["", "", ""])[:3])
+    out.print(table)
+    more = f"… {len(rows) - limit} more neurons; " if len(rows) > limit else ""
+    out.print(f"{more}all labels: {final_results}", highlight=False)
 
 
 # Label comparisons and evaluations live in dnd.commands; _user_errors() wraps each one as a decorator.

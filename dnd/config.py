@@ -116,14 +116,35 @@ class OpenAIConfig(_Section):
     )
 
 
+class ClassifierConfig(_Section):
+    """An ImageNet classifier used as an offline stand-in (captions from its class names, image embeddings from its
+    pooled penultimate features)."""
+
+    name: str = Field(
+        "efficientnet_lite0",
+        description="efficientnet_lite0 (weights from its pip package, no network) or a torchvision ImageNet "
+        "classifier name (resnet50, convnext_tiny, vit_b_16, ...; default weights downloaded once).",
+    )
+    weights: Path | None = Field(None, description="A checkpoint file; empty means the model's default weights.")
+
+
 class CaptionConfig(_Section):
     """Stage 3: a caption for every exemplar."""
 
-    backend: Literal["blip", "openai"] = "blip"
+    backend: Literal["blip", "openai", "classifier"] = Field(
+        "blip",
+        description="blip: BLIP / BLIP-2 (the paper); openai: a vision LLM; classifier: an ImageNet classifier's top "
+        "class names, e.g. 'goldfish or tench' (an offline stand-in: the method's fixed-concept-set ablation).",
+    )
     model: str = Field(
         "Salesforce/blip-image-captioning-base",
         description="BLIP / BLIP-2 model id or local folder (backend blip).",
     )
+    classifier: ClassifierConfig = ClassifierConfig()
+    classifier_mass: float = Field(
+        0.5, gt=0, le=1, description="backend classifier: top classes are named until their probabilities reach this."
+    )
+    max_classes: int = Field(3, ge=1, description="backend classifier: at most this many class names per caption.")
     max_new_tokens: int = Field(32, ge=1)
     min_new_tokens: int = Field(5, ge=0)
     num_beams: int = Field(1, ge=1)
@@ -154,8 +175,27 @@ class SummarizeConfig(_Section):
 
 
 class SynthesizeConfig(_Section):
-    """Stage 5: images generated for every candidate concept (Stable Diffusion through ``diffusers``)."""
+    """Stage 5: images for every candidate concept, generated with Stable Diffusion through ``diffusers`` (the paper),
+    or retrieved from a pool of real images where no text-to-image model can be had (an offline stand-in)."""
 
+    backend: Literal["diffusers", "retrieval"] = Field(
+        "diffusers",
+        description="diffusers: text-to-image generation; retrieval: image i of concept c is the pool image whose "
+        "caption is i-th nearest to c (MiniLM). Retrieval is a stand-in: concepts are ranked on real images of "
+        "them, which keep their context, so it filters spurious correlations less than generation does.",
+    )
+    pool: Path | list[Path] | None = Field(
+        None,
+        description="backend retrieval: a folder of images to retrieve from, or a list of them; empty means the "
+        "probing set.",
+    )
+    min_similarity: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="backend retrieval: only pool images whose caption is at least this similar to the concept "
+        "(MiniLM cosine); a concept with fewer than Q such images gets fewer (none: scored N+1).",
+    )
     model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5", description="Text-to-image model id or local folder."
     )
@@ -183,7 +223,14 @@ class ScoreConfig(_Section):
     multi_label_threshold: float = Field(
         0.81, ge=-1, le=1, description="Multi-label variant: drop a label this CLIP-text-similar to a better one."
     )
-    batch_size: int = execution_detail(32, ge=1, description="Images per batch for the target network and CLIP.")
+    image_embedder: Literal["clip", "classifier"] = Field(
+        "clip",
+        description="clip: CLIP (embed.clip_model) image embeddings for Image Products and interpretability, CLIP "
+        "text for the multi-label rule (the paper); classifier: the pooled penultimate features of score.classifier "
+        "with MiniLM text similarity (an offline stand-in).",
+    )
+    classifier: ClassifierConfig = ClassifierConfig()
+    batch_size: int = execution_detail(32, ge=1, description="Images per batch for the target network and embedders.")
 
 
 class EmbedConfig(_Section):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from dnd import cpu
 from dnd.config import ProbeConfig
 from dnd.errors import DnDError
 
@@ -62,54 +63,68 @@ def open_probe(config: ProbeConfig) -> ProbeSet:
     return probe
 
 
-def probe_folders(config: ProbeConfig) -> list[Path]:
+def probe_folders(config: ProbeConfig, setting: str = "probe.path") -> list[Path]:
     """The folders of a folder probe (``probe.path``: one folder or a list), in order.
 
     Raises :class:`DnDError` when none is given, one does not exist, or one is listed twice or lies inside another
-    (its images would be probed twice).
+    (its images would be probed twice). Errors name ``setting``, the config key that chose the folders.
     """
     if config.path is None or config.path == []:
         raise DnDError(
-            f"probe.path is required for probe.kind={config.kind!r}: set it to an image folder or a list of them"
+            f"{setting} is required for probe.kind={config.kind!r}: set it to an image folder or a list of them"
         )
     roots = [Path(path).expanduser() for path in (config.path if isinstance(config.path, list) else [config.path])]
     for root in roots:
         if not root.is_dir():
-            raise DnDError(f"probe folder {root} does not exist (set probe.path to a folder of images)")
+            raise DnDError(f"{_folder_of(setting)} {root} does not exist (set {setting} to a folder of images)")
     resolved = [root.resolve() for root in roots]
     for i, inner in enumerate(resolved):
         for j, outer in enumerate(resolved):
             if i != j and inner.is_relative_to(outer) and (inner != outer or i > j):
                 relation = "is the same folder as" if inner == outer else "lies inside"
                 raise DnDError(
-                    f"probe.path: {roots[i]} {relation} {roots[j]}, so its images would be probed twice; "
+                    f"{setting}: {roots[i]} {relation} {roots[j]}, so its images would be probed twice; "
                     f"list each folder once"
                 )
     return roots
 
 
-def _folder_probe(config: ProbeConfig) -> ProbeSet:
+def open_image_folders(path: Path | list[Path], setting: str) -> ProbeSet:
+    """Every image under ``path`` (a folder or a list of them), as a folder probe would read them; errors name
+    ``setting``, the config key that chose the folders (e.g. ``synthesize.pool``)."""
+    return _folder_probe(ProbeConfig(kind="folder", path=path), setting)
+
+
+def _folder_of(setting: str) -> str:
+    """How errors name a folder chosen by ``setting``."""
+    return "probe folder" if setting == "probe.path" else f"{setting}: folder"
+
+
+def _folder_probe(config: ProbeConfig, setting: str = "probe.path") -> ProbeSet:
     """Every image under the ``probe.path`` folders, folder by folder in the order given, each sorted.
 
     An image's id is its path relative to its folder, prefixed with the folder's name (``val/n01440764/x.JPEG``,
     ``images/ade_train_1.jpg``) when there are several folders, so ids are unique and the same on every machine. The
     fingerprint hashes every id with its file size: it changes when the images do, not when the folders move.
     """
-    roots = probe_folders(config)
+    roots = probe_folders(config, setting)
     prefixes = _folder_prefixes(roots) if len(roots) > 1 else [""]
     paths: list[Path] = []
     ids: list[str] = []
     classes: list[str | None] = []
     class_of = _imagenet_class if config.kind == "imagenet_val" else _folder_class
     for root, prefix in zip(roots, prefixes, strict=True):
-        files = sorted(
-            p.relative_to(root).as_posix()
-            for p in root.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        try:
+            files = sorted(
+                p.relative_to(root).as_posix()
+                for p in root.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            )
+        except OSError as exc:
+            raise DnDError(f"{_folder_of(setting)} {root} cannot be read ({exc}); fix its permissions") from None
         if not files:
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-            raise DnDError(f"probe folder {root} holds no images (looked recursively for {kinds})")
+            raise DnDError(f"{_folder_of(setting)} {root} holds no images (looked recursively for {kinds})")
         paths += [root / name for name in files]
         ids += [prefix + name for name in files]
         classes += [class_of(name) for name in files]
@@ -271,4 +286,23 @@ def batch_loader(
         num_workers=num_workers,
         collate_fn=collate_skipping_unreadable,
         pin_memory=pin_memory,
+        worker_init_fn=cpu.worker_init_fn(),
     )
+
+
+def image_batches(
+    probe: ProbeSet, batch_size: int, num_workers: int
+) -> torch.utils.data.DataLoader[list[tuple[int, Image.Image | None, str | None]]]:
+    """``probe``'s images decoded in ``num_workers`` worker processes, in order: each batch is a list of
+    ``(index, RGB image or None, error or None)``."""
+    return torch.utils.data.DataLoader(
+        PreprocessedImages(probe, _unchanged),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=list,
+        worker_init_fn=cpu.worker_init_fn(),
+    )
+
+
+def _unchanged(image: Image.Image) -> Image.Image:
+    return image

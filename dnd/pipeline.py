@@ -12,6 +12,7 @@ kept.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ class Pipeline:
                 raise ValueError(f"stage {spec.name!r} needs {spec.needs}, but only {earlier} run before it")
         self._keys: dict[tuple[str, str], tuple[dict[str, Any], str]] | None = None
         self._sizes: dict[tuple[str, str], int] = {}  # (layer, record key) -> the layer's number of neurons
+        #: Wall time each stage ran for in this process (model loading included); cached stages are absent.
+        self.wall_seconds: dict[str, float] = {}
 
     # --- keys -------------------------------------------------------------------------------------------------
 
@@ -150,7 +153,9 @@ class Pipeline:
                 forced = name in (force_stages or set())
                 jobs = [job for layer in layers if (job := self._job(spec, layer, neurons, forced)) is not None]
                 if jobs:
+                    started = time.perf_counter()
                     run_stage(spec, self.context, jobs)
+                    self.wall_seconds[name] = self.wall_seconds.get(name, 0.0) + time.perf_counter() - started
             folders = {layer: self.store.stage_dir(layer, stage, self.key(stage, layer)) for layer in layers}
             publish = self.stages[stage].publish
             if publish is not None:

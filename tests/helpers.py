@@ -120,3 +120,8 @@ def write_cifar_config(tmp_path: Path, **sections: dict) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def stored_images(root: Path) -> list[Path]:
+    """The file of every key in the image store at ``root`` (not the deduplicated pixel files they link to)."""
+    return sorted(path for path in root.rglob("*.png") if "pixels" not in path.relative_to(root).parts)

@@ -1,7 +1,10 @@
 """Heavy models behind small interfaces, loaded lazily and once per run.
 
 :class:`Backends` is the only place that chooses and loads implementations; tests hand it fakes or tiny real
-models instead (``Backends(config, target=my_network, captioner=fake)``).
+models instead (``Backends(config, target=my_network, captioner=fake)``). Each role has the paper's model and an
+offline stand-in: captions from BLIP or a classifier's class names (``caption.backend``), images from Stable
+Diffusion or retrieved from a pool (``synthesize.backend``), scoring embeddings from CLIP or the classifier's features
+with MiniLM text (``score.image_embedder``). One classifier serves every role that names it.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ if TYPE_CHECKING:
     import torch
 
     from dnd.backends.captioners import Captioner
-    from dnd.backends.embedders import ClipEmbedder
+    from dnd.backends.classifier import ImageClassifier
+    from dnd.backends.embedders import ClipEmbedder, ImageEmbedder, SentenceEmbedder, TextEmbedder
     from dnd.backends.generators import ImageGenerator
     from dnd.backends.llms import ConceptLLM
     from dnd.backends.targets import TargetNetwork
-    from dnd.config import RunConfig
+    from dnd.config import ClassifierConfig, RunConfig
+    from dnd.data import ProbeSet
 
 
 class Backends:
@@ -32,6 +37,8 @@ class Backends:
         concept_llm: ConceptLLM | None = None,
         generator: ImageGenerator | None = None,
         clip: ClipEmbedder | None = None,
+        image_embedder: ImageEmbedder | None = None,
+        text_embedder: TextEmbedder | None = None,
     ):
         self.config = config
         self._given: dict[str, Any] = {
@@ -40,13 +47,21 @@ class Backends:
             "concept_llm": concept_llm,
             "generator": generator,
             "clip": clip,
+            "image_embedder": image_embedder,
+            "text_embedder": text_embedder,
         }
+        self._classifiers: dict[str, ImageClassifier] = {}
 
     @cached_property
     def device(self) -> torch.device:
+        """The run's device; on the CPU the process's malloc is tuned first (see :mod:`dnd.cpu`)."""
+        from dnd import cpu
         from dnd.backends.targets import resolve_device
 
-        return resolve_device(self.config.device)
+        device = resolve_device(self.config.device)
+        if device.type == "cpu":
+            cpu.tune_process()
+        return device
 
     @cached_property
     def target(self) -> TargetNetwork:
@@ -55,11 +70,24 @@ class Backends:
         network = self._given["target"] or load_target(self.config.target)
         return network.to(self.device)
 
+    def classifier(self, config: ClassifierConfig, setting: str) -> ImageClassifier:
+        """The ImageNet classifier ``config`` names, loaded once however many roles use it (``setting`` names the
+        config key, for errors)."""
+        from dnd.backends.classifier import ImageClassifier, classifier_name
+
+        name = classifier_name(config)
+        if name not in self._classifiers:
+            self._classifiers[name] = ImageClassifier(config, self.device, setting)
+        return self._classifiers[name]
+
     @cached_property
     def captioner(self) -> Captioner:
         from dnd.backends.captioners import build_captioner
 
-        return self._given["captioner"] or build_captioner(self.config.caption, self.device)
+        given = self._given["captioner"]
+        return given or build_captioner(
+            self.config.caption, self.device, lambda config: self.classifier(config, "caption.classifier")
+        )
 
     @cached_property
     def concept_llm(self) -> ConceptLLM:
@@ -69,9 +97,95 @@ class Backends:
 
     @cached_property
     def generator(self) -> ImageGenerator:
+        """Stable Diffusion (``synthesize.backend: diffusers``) or retrieval from ``synthesize.pool``."""
         from dnd.backends.generators import build_generator
 
-        return self._given["generator"] or build_generator(self.config.synthesize, self.device)
+        given = self._given["generator"]
+        if given is not None:
+            return given
+        if self.config.synthesize.backend == "retrieval":
+            return self._retrieval()
+        return build_generator(self.config.synthesize, self.device)
+
+    def _retrieval(self) -> ImageGenerator:
+        from dnd import layout
+        from dnd.backends.captioners import CAPTION_CACHE
+        from dnd.backends.retrieval import RetrievalGenerator
+        from dnd.store import ItemCache
+
+        config = self.config
+        return RetrievalGenerator(
+            config.synthesize,
+            self.retrieval_pool,
+            self._pool_setting(),
+            captioner=lambda: self.captioner,
+            captioner_name=self.captioner_name(),
+            captions=ItemCache(layout.cache_dir(config.output_dir), CAPTION_CACHE),
+            texts=self.minilm,
+            batch_size=config.caption.batch_size,
+            num_workers=config.probe.num_workers,
+        )
+
+    @cached_property
+    def retrieval_pool(self) -> ProbeSet:
+        """The images ``synthesize.backend: retrieval`` takes from: ``synthesize.pool``, else the probing set."""
+        from dnd.data import open_image_folders, open_probe
+
+        pool = self.config.synthesize.pool
+        return open_probe(self.config.probe) if pool is None else open_image_folders(pool, "synthesize.pool")
+
+    def _pool_setting(self) -> str:
+        pool = self.config.synthesize.pool
+        return "synthesize.pool" if pool is not None else "synthesize.pool (empty: the probing set, probe.path)"
+
+    @cached_property
+    def minilm(self) -> SentenceEmbedder:
+        """The offline all-MiniLM-L6-v2 sentence model (retrieval and the offline scoring's text similarity)."""
+        from dnd.backends.embedders import load_minilm
+
+        return load_minilm(self.device, self.config.embed.batch_size)
+
+    @cached_property
+    def image_embedder(self) -> ImageEmbedder:
+        """Stage 6's image embeddings: CLIP (``score.image_embedder: clip``) or the classifier's features."""
+        from dnd.backends.embedders import ClassifierImageEmbedder
+
+        given = self._given["image_embedder"]
+        if given is not None:
+            return given
+        if self.config.score.image_embedder == "clip":
+            return self.clip
+        classifier = self.classifier(self.config.score.classifier, "score.classifier")
+        return ClassifierImageEmbedder(classifier, self.config.score.batch_size)
+
+    @cached_property
+    def text_embedder(self) -> TextEmbedder:
+        """Stage 6's text similarity (multi-label rule): CLIP's text tower beside CLIP images, else MiniLM."""
+        given = self._given["text_embedder"]
+        if given is not None:
+            return given
+        return self.clip if self.config.score.image_embedder == "clip" else self.minilm
+
+    def image_embedder_model(self) -> str:
+        """The image embedder's ``model`` for embedding-cache keys, without loading it."""
+        from dnd.backends.classifier import classifier_name
+        from dnd.backends.embedders import ClassifierImageEmbedder
+
+        given = self._given["image_embedder"]
+        if given is not None:
+            return given.model
+        if self.config.score.image_embedder == "clip":
+            return self.clip_model()
+        return ClassifierImageEmbedder.model_for(classifier_name(self.config.score.classifier))
+
+    def text_embedder_model(self) -> str:
+        """The text embedder's ``model`` for embedding-cache keys, without loading it."""
+        from dnd.backends.embedders import minilm_identity
+
+        given = self._given["text_embedder"]
+        if given is not None:
+            return given.model
+        return self.clip_model() if self.config.score.image_embedder == "clip" else minilm_identity()
 
     @cached_property
     def clip(self) -> ClipEmbedder:
@@ -86,11 +200,20 @@ class Backends:
         return given.model if given is not None else self.config.embed.clip_model
 
     def generator_name(self) -> str:
-        """The generator's name for image-store keys, without loading a built-in one."""
+        """The generator's name for image-store keys, without loading a built-in one (retrieval: without captioning
+        or embedding its pool, only listing it)."""
+        from dnd.backends.embedders import minilm_identity
         from dnd.backends.generators import generator_name
+        from dnd.backends.retrieval import RetrievalGenerator
 
         given = self._given["generator"]
-        return given.name if given is not None else generator_name(self.config.synthesize)
+        if given is not None:
+            return given.name
+        config = self.config.synthesize
+        if config.backend == "retrieval":
+            fingerprint = self.retrieval_pool.fingerprint
+            return RetrievalGenerator.name_for(config, fingerprint, self.captioner_name(), minilm_identity())
+        return generator_name(config)
 
     def captioner_name(self) -> str:
         """The captioner's name for cache keys, without loading a built-in one."""

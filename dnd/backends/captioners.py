@@ -1,4 +1,9 @@
-"""Image captioners (stage 3): BLIP / BLIP-2 through ``transformers``, or a vision LLM through ``openai``."""
+"""Image captioners (stage 3): BLIP / BLIP-2 through ``transformers``, a vision LLM through ``openai``, or the class
+names of an ImageNet classifier (an offline stand-in).
+
+Captions are cached per image in the item cache :data:`CAPTION_CACHE` under :func:`caption_key`, by stage 3 and by
+the retrieval generator alike, so an image is captioned once per captioner.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,18 @@ from PIL import Image
 from dnd.backends.loading import load_model
 from dnd.backends.openai_client import OpenAIClient, server_label
 from dnd.errors import DnDError
+from dnd.store import content_key
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
-    from dnd.config import CaptionConfig
+    from dnd.backends.classifier import ImageClassifier
+    from dnd.config import CaptionConfig, ClassifierConfig
+
+#: The item-cache namespace of captions (see :class:`dnd.store.ItemCache`).
+CAPTION_CACHE = "captions"
 
 
 #: How to get a captioning model where it cannot be loaded.
@@ -41,6 +53,12 @@ class Captioner(Protocol):
     def caption(self, images: list[Image.Image]) -> list[str]:
         """One caption per image, in order."""
         ...
+
+
+def caption_key(captioner: str, pixels: str) -> str:
+    """The caption cache key of an image for the captioner named ``captioner``: ``pixels`` is the image's
+    :func:`dnd.exemplars.pixel_hash`, so the key follows the pixels, not the file they came from."""
+    return content_key({"captioner": captioner, "image": pixels})
 
 
 class BlipCaptioner:
@@ -194,16 +212,70 @@ def _caption_list(answer: str, count: int) -> list[str]:
     return [caption.strip() for caption in captions]
 
 
+class ClassifierCaptioner:
+    """An ImageNet classifier names what each image shows with its top classes: "goldfish or tench".
+
+    Classes are taken in order of probability until their probabilities add up to ``caption.classifier_mass``, at
+    most ``caption.max_classes`` of them (always at least one), and joined with " or ". Names are torchvision's
+    ImageNet category names as they are (lower or upper case, e.g. "goldfish", "German shepherd"). This is the
+    method's ablation with a fixed concept set instead of a generative captioner (method.md, section 5), with the
+    classifier's 1,000 classes as the concept set.
+    """
+
+    SEPARATOR = " or "
+
+    def __init__(self, config: CaptionConfig, classifier: ImageClassifier):
+        self.name = self.name_for(config)
+        self.mass, self.max_classes = config.classifier_mass, config.max_classes
+        self.classifier = classifier
+
+    @staticmethod
+    def name_for(config: CaptionConfig) -> str:
+        """``classifier:<network>:mass=M,max_classes=K``, known before (and without) loading the network."""
+        from dnd.backends.classifier import classifier_name
+
+        settings = f"mass={config.classifier_mass},max_classes={config.max_classes}"
+        return f"classifier:{classifier_name(config.classifier)}:{settings}"
+
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        """Caption ``images`` (RGB, any size) in one batch: one caption per image, in order."""
+        probabilities, _features = self.classifier.run(images)  # [B, n_classes]
+        return [self.SEPARATOR.join(self._top_classes(row)) for row in probabilities]
+
+    def _top_classes(self, probabilities: torch.Tensor) -> list[str]:
+        """Names of the most probable classes of one image, until their mass reaches the configured share."""
+        import torch
+
+        values, order = torch.sort(probabilities, descending=True, stable=True)
+        names, mass = [], 0.0
+        for value, index in zip(values.tolist()[: self.max_classes], order.tolist(), strict=False):
+            names.append(self.classifier.categories[index])
+            mass += value
+            if mass >= self.mass:
+                break
+        return names
+
+
 def captioner_name(config: CaptionConfig) -> str:
     """The ``name`` of the captioner ``config`` selects, computed without loading it (for cache look-ups)."""
     return _captioner_type(config).name_for(config)
 
 
-def build_captioner(config: CaptionConfig, device: torch.device | str) -> Captioner:
-    """Load the captioner ``config.backend`` selects on ``device``."""
+def build_captioner(
+    config: CaptionConfig,
+    device: torch.device | str,
+    classifier: Callable[[ClassifierConfig], ImageClassifier] | None = None,
+) -> Captioner:
+    """Load the captioner ``config.backend`` selects on ``device``; ``classifier(config)`` gives the loaded
+    classifier of backend classifier (so one classifier can serve several roles), else it is loaded here."""
+    if config.backend == "classifier":
+        from dnd.backends.classifier import ImageClassifier
+
+        network = classifier(config.classifier) if classifier else ImageClassifier(config.classifier, device)
+        return ClassifierCaptioner(config, network)
     return _captioner_type(config)(config, device)
 
 
-def _captioner_type(config: CaptionConfig) -> type[BlipCaptioner | OpenAIVisionCaptioner]:
+def _captioner_type(config: CaptionConfig) -> type[BlipCaptioner | OpenAIVisionCaptioner | ClassifierCaptioner]:
     """The class of ``caption.backend`` (the config allows no other value)."""
-    return {"blip": BlipCaptioner, "openai": OpenAIVisionCaptioner}[config.backend]
+    return {"blip": BlipCaptioner, "openai": OpenAIVisionCaptioner, "classifier": ClassifierCaptioner}[config.backend]

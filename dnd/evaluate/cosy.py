@@ -173,6 +173,13 @@ def evaluate_cosy(
     prompts = {label: config.cosy.prompt.format(**{PLACEHOLDER: label}) for label in dict.fromkeys(label_of.values())}
     requests, keys_of = plan_images(prompts, config.cosy.images_per_label, config.seed, backends.generator_name())
     generated, _calls = generate_missing(store, backends, requests, config.cosy.batch_size, f"cosy {layer}: generate")
+    short = [label for label, keys in keys_of.items() if any(store.is_nothing(key) for key in keys)]
+    if short:
+        raise DnDError(
+            f"{backends.generator_name()} has fewer than cosy.images_per_label={config.cosy.images_per_label} images "
+            f"for {len(short)} label(s), e.g. {short[0]!r}: lower cosy.images_per_label, synthesize.min_similarity, "
+            f"or retrieve from a larger synthesize.pool"
+        )
     # 4. The layer's activations on every synthetic image [n_synthetic, n_neurons], in one batched pass.
     computed = StoredActivations.compute(
         backends.target,

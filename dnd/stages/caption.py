@@ -12,13 +12,13 @@ from __future__ import annotations
 from PIL import Image
 
 from dnd.artifacts import Caption, Captions, ExemplarImage, NeuronCaptions, NeuronExemplars
+from dnd.backends.captioners import CAPTION_CACHE, caption_key
 from dnd.data import UnreadableImage
 from dnd.exemplars import ExemplarPixels
 from dnd.progress import track
 from dnd.stages.base import NeuronWork, StageContext, StageSpec
-from dnd.store import content_key
 
-CACHE_NAMESPACE = "captions"
+CACHE_NAMESPACE = CAPTION_CACHE
 
 
 def compute(ctx: StageContext, work: NeuronWork) -> tuple[Captions, dict[str, int]]:
@@ -76,7 +76,7 @@ class _ImageKeys:
         keys, lost = [], []
         for exemplar in entry.exemplars:
             try:
-                keys.append(content_key({"captioner": self.captioner, "image": self.pixels.hash(exemplar)}))
+                keys.append(caption_key(self.captioner, self.pixels.hash(exemplar)))
             except UnreadableImage as exc:
                 lost.append(f"{exemplar.image_id} ({exc})")
         if lost:

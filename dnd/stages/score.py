@@ -192,20 +192,23 @@ class _CachedEmbeddings:
 
 
 class _ClipInputs:
-    """The CLIP image and text embeddings a layer's scores need, each keyed by what it embeds and the CLIP model.
+    """The image and text embeddings a layer's scores need, each keyed by what it embeds and the embedding model:
+    CLIP for both, or the classifier's features and MiniLM (``score.image_embedder``).
 
-    CLIP (``ctx.backends.clip``) is built on the first cache miss only.
+    The embedders (``ctx.backends.image_embedder`` / ``text_embedder``) are built on the first cache miss only.
     """
 
     def __init__(self, ctx: StageContext, store: ImageStore):
         self.store = store
         self.exemplars = ExemplarPixels(ctx.probe, ctx.backends.target)
-        self.model = ctx.backends.clip_model()
+        self.model, self.text_model = ctx.backends.image_embedder_model(), ctx.backends.text_embedder_model()
         batch_size = ctx.config.score.batch_size
         self.images = _CachedEmbeddings(
-            ctx.cache(IMAGE_CACHE), lambda images: ctx.backends.clip.embed_images(images), batch_size
+            ctx.cache(IMAGE_CACHE), lambda images: ctx.backends.image_embedder.embed_images(images), batch_size
         )
-        self.texts = _CachedEmbeddings(ctx.cache(TEXT_CACHE), lambda texts: ctx.backends.clip.embed(texts), batch_size)
+        self.texts = _CachedEmbeddings(
+            ctx.cache(TEXT_CACHE), lambda texts: ctx.backends.text_embedder.embed(texts), batch_size
+        )
 
     def add_exemplar(self, exemplar: ExemplarImage) -> str:
         """The embedding key of ``exemplar``'s pixels (rendered once per distinct exemplar); raises
@@ -245,7 +248,7 @@ class _ClipInputs:
         return content_key({"clip": self.model, "generated": image_id})
 
     def _text_key(self, text: str) -> str:
-        return content_key({"clip": self.model, "text": text})
+        return content_key({"clip": self.text_model, "text": text})
 
 
 def _publish(ctx: StageContext, layer: str, labels: Labels) -> None:

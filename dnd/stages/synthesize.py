@@ -62,11 +62,20 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Generations, dict[str,
     requests, image_ids = plan_images(prompts, config.images_per_concept, ctx.config.seed, name)
     # 3-4. Images already in the store (any neuron, layer or run) are reused; the rest are generated and stored.
     generated, calls = generate_missing(store, ctx.backends, requests, config.batch_size, f"synthesize {work.layer}")
-    # 5. Per neuron: each of its concepts with the prompt and the ids of its images.
+    # 5. Per neuron: each of its concepts with the prompt and the ids of its images (and how many it could not get).
+    available = {c: [key for key in keys if not store.is_nothing(key)] for c, keys in image_ids.items()}
     neurons = [
         NeuronGenerations(
             neuron=neuron,
-            concepts=[ConceptImages(concept=c, prompt=prompts[c], image_ids=image_ids[c]) for c in labels],
+            concepts=[
+                ConceptImages(
+                    concept=c,
+                    prompt=prompts[c],
+                    image_ids=available[c],
+                    missing_images=len(image_ids[c]) - len(available[c]),
+                )
+                for c in labels
+            ],
         )
         for neuron, labels in concepts.items()
     ]
@@ -76,12 +85,15 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Generations, dict[str,
         "images_generated": generated,
         "cache_hits": len(requests) - generated,
         "generator_calls": calls,
+        "images_unavailable": sum(len(image_ids[c]) - len(available[c]) for c in image_ids),
     }
     return Generations(layer=work.layer, generator=name, neurons=neurons), counts
 
 
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
-    return {"seed": ctx.config.seed}  # the image seeds depend on it
+    # The image seeds depend on the run seed; the generator's name holds what its config section does not (for
+    # retrieval: the pool's content and the captioner).
+    return {"seed": ctx.config.seed, "generator": ctx.backends.generator_name()}
 
 
 SPEC = StageSpec(

@@ -37,7 +37,7 @@ from dnd.evaluate.cosy import (
     write_results,
 )
 from dnd.store import write_model
-from tests.helpers import make_config, to_tensor, write_cifar_config, write_images
+from tests.helpers import make_config, stored_images, to_tensor, write_cifar_config, write_images
 
 LAYER = "features"
 Q = 30  # cosy.images_per_label in these tests
@@ -192,7 +192,7 @@ def test_images_made_once_per_distinct_label_then_reused(evaluate, tmp_path):
     assert [len(call) for call in stub.calls] == [7, 7, 7, 7, 2]
     assert {r.prompt for r in stub.requests} == {"realistic photo of a close up of checkerboard"}
     assert (first.images_generated, first.images_reused) == (Q, 0)
-    assert len(list((tmp_path / "outputs" / "images").rglob("*.png"))) == Q
+    assert len(stored_images(tmp_path / "outputs" / "images")) == Q
     # The probing set once (stage 1), then every synthetic image once, in probe.batch_size batches.
     assert network.forward_calls == math.ceil(PROBE_IMAGES / BATCH) + math.ceil(Q / BATCH)
 
@@ -217,7 +217,8 @@ def test_images_made_once_per_distinct_label_then_reused(evaluate, tmp_path):
 
 def test_an_unreadable_stored_image_is_a_clear_error(evaluate, tmp_path):
     evaluate({0: "checkerboard"}, PatternGenerator())
-    broken = sorted((tmp_path / "outputs" / "images").rglob("*.png"))[0]
+    broken = stored_images(tmp_path / "outputs" / "images")[0]
+    broken.unlink()  # a new file: the stored one is a hard link to pixels other images may share
     broken.write_bytes(b"not a png")
     with pytest.raises(DnDError, match=rf"generated image {re.escape(str(broken))} is unreadable .* delete it"):
         evaluate({0: "checkerboard"}, PatternGenerator())

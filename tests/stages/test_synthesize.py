@@ -26,7 +26,7 @@ from dnd.stages import record, synthesize
 from dnd.stages.base import StageSpec
 from dnd.stages.synthesize import parse_template
 from dnd.store import content_key, read_model
-from tests.helpers import make_config, stand_in_stage
+from tests.helpers import make_config, stand_in_stage, stored_images
 from tests.tiny_models import TINY_IMAGE_SIZE, tiny_stable_diffusion
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
@@ -117,7 +117,7 @@ def store_of(tmp_path: Path, out: str = "a") -> ImageStore:
 
 
 def stored_files(tmp_path: Path, out: str = "a") -> list[Path]:
-    return sorted(store_of(tmp_path, out).root.rglob("*.png"))
+    return stored_images(store_of(tmp_path, out).root)
 
 
 def test_each_concept_is_generated_once_for_every_neuron_that_proposes_it(run_stage, tmp_path):
@@ -127,8 +127,13 @@ def test_each_concept_is_generated_once_for_every_neuron_that_proposes_it(run_st
     # Three distinct concepts (zebra is proposed twice) → 3 × Q images, in batches of 3 that mix concepts.
     assert [len(call) for call in generator.calls] == [3, 3]
     assert len({request.prompt for request in generator.calls[0]}) == 2
-    prompts = [f"One realistic image of {c}" for c in ("striped fabric", "zebra", "flowers")]
-    expected = [GenerationRequest(p, image_seed(0, p, i)) for p in prompts for i in range(Q)]
+    concepts = ("striped fabric", "zebra", "flowers")
+    expected = [
+        GenerationRequest(p, image_seed(0, p, i), concept=c, index=i)
+        for c in concepts
+        for p in [f"One realistic image of {c}"]
+        for i in range(Q)
+    ]
     assert generator.requests == expected
     assert counts == {
         "unique_concepts": 3,
@@ -137,6 +142,7 @@ def test_each_concept_is_generated_once_for_every_neuron_that_proposes_it(run_st
         "cache_hits": 0,
         "generator_calls": 2,
         "failed_neurons": 1,
+        "images_unavailable": 0,
     }
     assert generations.generator == "fake:solid-colour"
     by_neuron = {entry.neuron: entry for entry in generations.neurons}
@@ -185,6 +191,7 @@ def test_more_neurons_later_generate_only_the_new_concepts(run_stage, tmp_path):
         "cache_hits": Q,
         "generator_calls": 1,
         "failed_neurons": 1,
+        "images_unavailable": 0,
     }
     assert len(stored_files(tmp_path)) == 3 * Q
 
