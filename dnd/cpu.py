@@ -6,10 +6,11 @@ its activations afresh: on 2 cores an EfficientNet-Lite0 forward of 50 images sp
 computing. Raising the mmap and trim thresholds keeps freed buffers in the heap for the next batch (about 3× the
 throughput); channels-last convolutions add about 1.4× on top. See ``make bench`` (benchmarks/bench_cpu.py).
 
-:func:`tune_process` is applied when a run starts on the CPU (:class:`dnd.backends.Backends` resolves the device) and in
-every DataLoader worker (:func:`worker_init`); ``DND_CPU_TUNING=0`` in the environment turns it off. On a GPU device
-nothing changes. The cost: memory a run freed is kept by the process for reuse instead of being returned to the OS,
-so its resident size stays near its peak until it exits.
+:func:`tune_process` is applied when a run starts on the CPU (:class:`dnd.backends.Backends` resolves the device)
+and in every DataLoader worker (:func:`worker_init`); while workers decode images, the main process leaves them a core
+each (:class:`BesideWorkers`). ``DND_CPU_TUNING=0`` in the environment turns it all off. On a GPU device nothing
+changes. The cost: memory a run freed is kept by the process for reuse instead of being returned to the OS, so its
+resident size stays near its peak until it exits.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import ctypes.util
 import functools
 import os
 import platform
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 #: mallopt() parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -72,6 +77,31 @@ def worker_init(enabled: bool, _worker_id: int) -> None:
 def worker_init_fn() -> functools.partial[None]:
     """The ``worker_init_fn`` to give a DataLoader created in this process."""
     return functools.partial(worker_init, tuned())
+
+
+class BesideWorkers(Iterable[T]):
+    """Iterates ``loader`` (a DataLoader with ``workers`` worker processes) with this process's torch threads lowered
+    by one per worker while it runs, so decoding workers and the forward pass do not fight over the cores.
+
+    Measured on 2 cores while recording 300 ImageNet samples with 2 workers: 2 threads ran at 24 images per CPU-second
+    (threads waiting for cores the workers held), 1 thread at 40. Only on a tuned (CPU) run; elsewhere it changes
+    nothing. The thread count is restored when the iteration ends.
+    """
+
+    def __init__(self, loader: Iterable[T], workers: int):
+        self.loader, self.workers = loader, workers
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[T]:
+        threads = torch.get_num_threads()
+        lowered = max(1, threads - self.workers) if tuned() and self.workers else threads
+        torch.set_num_threads(lowered)
+        try:
+            yield from self.loader
+        finally:
+            torch.set_num_threads(threads)
 
 
 def memory_format(module: nn.Module, device: torch.device) -> torch.memory_format:

@@ -278,9 +278,9 @@ def batch_loader(
     batches: list[list[int]],
     num_workers: int,
     pin_memory: bool = False,
-) -> torch.utils.data.DataLoader[Any]:
-    """A DataLoader yielding one :class:`Batch` per index list in ``batches``, in order."""
-    return torch.utils.data.DataLoader(
+) -> cpu.BesideWorkers[Batch]:
+    """A DataLoader yielding one :class:`Batch` per index list in ``batches``, in order (``len`` works)."""
+    loader = torch.utils.data.DataLoader(
         PreprocessedImages(probe, preprocess),
         batch_sampler=batches,
         num_workers=num_workers,
@@ -288,21 +288,27 @@ def batch_loader(
         pin_memory=pin_memory,
         worker_init_fn=cpu.worker_init_fn(),
     )
+    return cpu.BesideWorkers(loader, num_workers)
 
 
-def image_batches(
-    probe: ProbeSet, batch_size: int, num_workers: int
-) -> torch.utils.data.DataLoader[list[tuple[int, Image.Image | None, str | None]]]:
-    """``probe``'s images decoded in ``num_workers`` worker processes, in order: each batch is a list of
-    ``(index, RGB image or None, error or None)``."""
-    return torch.utils.data.DataLoader(
-        PreprocessedImages(probe, _unchanged),
-        batch_size=batch_size,
+def image_loader(
+    probe: ProbeSet,
+    transform: Callable[[Image.Image], Any],
+    batches: list[list[int]],
+    num_workers: int,
+) -> cpu.BesideWorkers[list[tuple[int, Any | None, str | None]]]:
+    """``probe``'s images of each index list in ``batches``, decoded and ``transform``-ed (e.g. a PIL view) in
+    ``num_workers`` worker processes, in order: each batch is a list of ``(index, image or None, error or None)``."""
+    loader = torch.utils.data.DataLoader(
+        PreprocessedImages(probe, transform),
+        batch_sampler=batches,
         num_workers=num_workers,
         collate_fn=list,
         worker_init_fn=cpu.worker_init_fn(),
     )
+    return cpu.BesideWorkers(loader, num_workers)
 
 
-def _unchanged(image: Image.Image) -> Image.Image:
+def unchanged(image: Image.Image) -> Image.Image:
+    """The identity transform for :func:`image_loader` (picklable, for spawned workers)."""
     return image

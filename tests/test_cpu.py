@@ -87,3 +87,30 @@ def test_a_channels_last_target_computes_the_same_activations():
     torch.testing.assert_close(target.forward(pixels), expected, atol=1e-5, rtol=1e-5)
     captured = target.capture(pixels, ["2"])["2"]
     torch.testing.assert_close(captured, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_main_process_leaves_a_core_to_each_worker_while_they_decode(fresh, monkeypatch):
+    threads = torch.get_num_threads()
+    seen: list[int] = []
+
+    def loader():
+        for item in range(3):
+            seen.append(torch.get_num_threads())
+            yield item
+
+    class Loader:
+        def __iter__(self):
+            return loader()
+
+        def __len__(self):
+            return 3
+
+    untuned = cpu.BesideWorkers(Loader(), workers=1)
+    assert list(untuned) == [0, 1, 2] and seen == [threads] * 3 and len(untuned) == 3  # a GPU run: unchanged
+
+    monkeypatch.setattr(cpu, "_applied", {"mmap_threshold": cpu.MMAP_THRESHOLD})
+    seen.clear()
+    assert list(cpu.BesideWorkers(Loader(), workers=8)) == [0, 1, 2]
+    assert seen == [1, 1, 1] and torch.get_num_threads() == threads
+    seen.clear()
+    assert list(cpu.BesideWorkers(Loader(), workers=0)) == [0, 1, 2] and seen == [threads] * 3

@@ -61,7 +61,12 @@ class ImageClassifier:
 
         self.name = classifier_name(config)
         self.categories = imagenet_categories(config.name, f"{setting}.name")
-        self.network: TargetNetwork = load_target(TargetConfig(name=config.name, weights=config.weights)).to(device)
+        try:
+            network = load_target(TargetConfig(name=config.name, weights=config.weights))
+        except DnDError as exc:  # its advice names target.weights: here the classifier's own setting is meant
+            message = str(exc).replace("target.weights", f"{setting}.weights")
+            raise type(exc)(f"{setting}.name {config.name!r}: {message}") from None
+        self.network: TargetNetwork = network.to(device)
         self.head = _final_linear(self.network.module, len(self.categories), f"{setting}.name {config.name!r}")
         self.feature_size = self.head.in_features
 

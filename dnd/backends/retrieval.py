@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from dnd.backends.captioners import Captioner, caption_key
-from dnd.data import ProbeSet, UnreadableImage, image_batches
+from dnd.data import ProbeSet, UnreadableImage, image_loader, unchanged
 from dnd.errors import DnDError
 from dnd.exemplars import pixel_hash
 from dnd.progress import track
@@ -128,7 +128,9 @@ class RetrievalGenerator:
         captions: dict[str, str] = {}
         missing: dict[str, Image.Image] = {}
         captioned = 0
-        batches = image_batches(self.pool, self._batch_size, self._num_workers)
+        size, count = self._batch_size, len(self.pool)
+        order = [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+        batches = image_loader(self.pool, unchanged, order, self._num_workers)
         for batch in track(batches, "synthesize: caption the retrieval pool"):
             for position, image, error in batch:
                 if image is None:

@@ -19,7 +19,7 @@ import torch
 
 from dnd.artifacts import CropBox, ExemplarImage, Exemplars, NeuronExemplars, NeuronTopImages, TopImages
 from dnd.backends.targets import summary_reducer
-from dnd.data import PreprocessedImages
+from dnd.data import image_loader
 from dnd.exemplars import crop_view
 from dnd.progress import track
 from dnd.stages.base import NeuronWork, StageContext, StageSpec
@@ -134,12 +134,7 @@ def _crop_and_rank(
     #    output only the maps of the neurons that have it among their top images are read.
     indices = sorted(users)
     batches = [indices[i : i + settings.batch_size] for i in range(0, len(indices), settings.batch_size)]
-    views = torch.utils.data.DataLoader(
-        PreprocessedImages(ctx.probe, target.view),
-        batch_sampler=batches,
-        num_workers=config.probe.num_workers,
-        collate_fn=list,
-    )
+    views = image_loader(ctx.probe, target.view, batches, config.probe.num_workers)
     crops = _CropBatches(target, layer, config.record, settings.batch_size)
     unreadable: dict[int, str] = {}
     for items in track(views, f"crop {layer}", total=len(batches)):
