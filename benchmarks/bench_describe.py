@@ -86,23 +86,24 @@ def _report(pipeline: Pipeline, wall: float) -> dict[str, Any]:
 
 def _naive(ours: Pipeline, tmp: Path, overrides: list[str]) -> dict[str, Any]:
     """Each of ``NAIVE_NEURONS`` alone in a fresh output folder: no caption or LLM answer shared with another."""
-    record = ours.store.stage_dir(LAYER, "record", ours.key("record", LAYER))
-    loaded = {role: getattr(ours.backends, role) for role in ROLES}
     started = time.perf_counter()
     for neuron in NAIVE_NEURONS:
-        alone = load_config(ROOT / "configs/offline.yaml", [f"output_dir={tmp}/naive-{neuron}", *overrides])
-        pipeline = Pipeline(alone, Backends(alone, **loaded))
-        shutil.copytree(record, pipeline.store.stage_dir(LAYER, "record", pipeline.key("record", LAYER)))
-        pipeline.describe([LAYER], [neuron])
+        _handed_over(ours, tmp / f"naive-{neuron}", overrides).describe([LAYER], [neuron])
     return {"neurons": len(NAIVE_NEURONS), "seconds_stages_2_to_6": round(time.perf_counter() - started, 2)}
 
 
 def _subset_seconds(ours: Pipeline, tmp: Path, overrides: list[str]) -> float:
     """Our stages 2-6 for the naive run's neurons together, in a fresh folder with the same handed-over models."""
-    record = ours.store.stage_dir(LAYER, "record", ours.key("record", LAYER))
-    config = load_config(ROOT / "configs/offline.yaml", [f"output_dir={tmp}/together", *overrides])
-    pipeline = Pipeline(config, Backends(config, **{role: getattr(ours.backends, role) for role in ROLES}))
-    shutil.copytree(record, pipeline.store.stage_dir(LAYER, "record", pipeline.key("record", LAYER)))
+    pipeline = _handed_over(ours, tmp / "together", overrides)
     started = time.perf_counter()
     pipeline.describe([LAYER], NAIVE_NEURONS)
     return round(time.perf_counter() - started, 2)
+
+
+def _handed_over(ours: Pipeline, output_dir: Path, overrides: list[str]) -> Pipeline:
+    """A pipeline writing to the empty ``output_dir`` with our recorded activations and our loaded models."""
+    config = load_config(ROOT / "configs/offline.yaml", [f"output_dir={output_dir}", *overrides])
+    pipeline = Pipeline(config, Backends(config, **{role: getattr(ours.backends, role) for role in ROLES}))
+    record = ours.store.stage_dir(LAYER, "record", ours.key("record", LAYER))
+    shutil.copytree(record, pipeline.store.stage_dir(LAYER, "record", pipeline.key("record", LAYER)))
+    return pipeline

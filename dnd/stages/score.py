@@ -10,7 +10,8 @@ interpretability score) are in :mod:`dnd.scoring`; this module gathers their inp
   image that lands in some neuron's top ``score.top_pool`` (the only ones Image Products reads; keyed by its
   image-store id) and each concept text, embedded once per CLIP model (``embed.clip_model``). They live in the item
   caches ``clip-images`` and ``clip-texts``, stored batch by batch, so a re-run or a killed run embeds only what is
-  missing, and CLIP is loaded only then.
+  missing, and CLIP is loaded only then. With ``score.image_embedder: classifier`` (offline) the images are embedded
+  by the classifier's pooled features and the texts by MiniLM instead, under keys that name those models.
 
 Whenever a run ends at this stage (computed or cached), the layer's exports ``descriptions.csv`` and
 ``final_results.csv`` (:mod:`dnd.export`) are rewritten in the layer's folder of the run (:mod:`dnd.layout`), so they
