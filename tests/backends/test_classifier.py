@@ -17,8 +17,8 @@ from PIL import Image, ImageOps
 from dnd.backends.captioners import ClassifierCaptioner, build_captioner, caption_key, captioner_name
 from dnd.backends.classifier import ImageClassifier, imagenet_categories
 from dnd.backends.embedders import ClassifierImageEmbedder
-from dnd.config import CaptionConfig, ClassifierConfig
-from dnd.data import open_image_folder
+from dnd.config import CaptionConfig, ClassifierConfig, ProbeConfig
+from dnd.data import open_probe
 from dnd.errors import DnDError
 from dnd.exemplars import pixel_hash
 
@@ -37,7 +37,7 @@ def lite0() -> ImageClassifier:
 @pytest.fixture
 def samples(shared: Path) -> tuple[list[Image.Image], list[int]]:
     """A few ImageNet samples and their class indices (the folder's sorted wnids are ImageNet's class order)."""
-    folder = open_image_folder(shared / "data" / "imagenet-samples", "probe.path", imagenet=True)
+    folder = open_probe(ProbeConfig(kind="imagenet_val", path=shared / "data" / "imagenet-samples"))
     assert folder.labels is not None and len(folder.class_names) == 1000
     chosen = [i for i, name in enumerate(folder.ids) if name.split("_", 1)[1].rsplit(".", 1)[0] in SAMPLES]
     return [folder.load(i) for i in chosen], [folder.labels[i] for i in chosen]

@@ -19,7 +19,7 @@ from dnd.backends.embedders import load_minilm
 from dnd.backends.generators import GenerationRequest
 from dnd.backends.retrieval import RetrievalGenerator
 from dnd.config import SynthesizeConfig
-from dnd.data import open_image_folder, open_rgb
+from dnd.data import open_image_folders, open_rgb
 from dnd.errors import DnDError
 from dnd.exemplars import pixel_hash
 from dnd.pipeline import Pipeline
@@ -62,7 +62,7 @@ def write_pool(folder: Path, pool: dict[str, tuple[int, int, int]] = POOL) -> Pa
 
 
 def retrieval(tmp_path: Path, minilm, captioner: ColourCaptioner, min_similarity: float | None = None):
-    pool = open_image_folder(write_pool(tmp_path / "pool"), "synthesize.pool")
+    pool = open_image_folders(write_pool(tmp_path / "pool"), "synthesize.pool")
     return RetrievalGenerator(
         SynthesizeConfig(backend="retrieval", min_similarity=min_similarity),
         pool,
@@ -129,7 +129,7 @@ def test_a_similarity_floor_leaves_unrelated_concepts_without_images(tmp_path, m
 
 def test_the_name_changes_with_the_pool_the_captioner_and_the_floor(tmp_path, minilm):
     generator = retrieval(tmp_path, minilm, ColourCaptioner())
-    fingerprint = open_image_folder(tmp_path / "pool", "synthesize.pool").fingerprint
+    fingerprint = open_image_folders(tmp_path / "pool", "synthesize.pool").fingerprint
     assert generator.name == (
         f"retrieval:pool={fingerprint}:captioner=stub:colour:text={minilm.model}:min_similarity=none"
     )
@@ -142,7 +142,7 @@ def test_the_name_changes_with_the_pool_the_captioner_and_the_floor(tmp_path, mi
     }
     assert len(names) == 4
     Image.new("RGB", (5, 5)).save(tmp_path / "pool" / "e.png")
-    assert open_image_folder(tmp_path / "pool", "synthesize.pool").fingerprint != fingerprint
+    assert open_image_folders(tmp_path / "pool", "synthesize.pool").fingerprint != fingerprint
 
 
 def test_bad_pool_folders_fail_naming_synthesize_pool(tmp_path, minilm, image_folder):
@@ -152,14 +152,14 @@ def test_bad_pool_folders_fail_naming_synthesize_pool(tmp_path, minilm, image_fo
         Backends(missing).generator_name()
     (tmp_path / "empty").mkdir()
     with pytest.raises(DnDError, match=r"^synthesize.pool: folder .*empty holds no images"):
-        open_image_folder(tmp_path / "empty", "synthesize.pool")
+        open_image_folders(tmp_path / "empty", "synthesize.pool")
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("a.png", "b.jpg"):
         (broken / name).write_bytes(b"not an image")
     generator = RetrievalGenerator(
         SynthesizeConfig(backend="retrieval"),
-        open_image_folder(broken, "synthesize.pool"),
+        open_image_folders(broken, "synthesize.pool"),
         "synthesize.pool",
         captioner=ColourCaptioner,
         captioner_name="stub:colour",
