@@ -153,6 +153,8 @@ def test_bad_pool_folders_fail_naming_synthesize_pool(tmp_path, minilm, image_fo
     (tmp_path / "empty").mkdir()
     with pytest.raises(DnDError, match=r"^synthesize.pool: folder .*empty holds no images"):
         open_image_folders(tmp_path / "empty", "synthesize.pool")
+    with pytest.raises(DnDError, match=r"^synthesize.pool: folder .*empty holds no images"):  # a list of folders
+        open_image_folders([image_folder, tmp_path / "empty"], "synthesize.pool")
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("a.png", "b.jpg"):
