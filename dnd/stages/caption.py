@@ -18,13 +18,11 @@ from dnd.exemplars import ExemplarPixels
 from dnd.progress import track
 from dnd.stages.base import NeuronWork, StageContext, StageSpec
 
-CACHE_NAMESPACE = CAPTION_CACHE
-
 
 def compute(ctx: StageContext, work: NeuronWork) -> tuple[Captions, dict[str, int]]:
     """Caption the exemplars of ``work.neurons`` of one layer; return their captions and backend-call counts."""
     name = ctx.backends.captioner_name()
-    cache = ctx.cache(CACHE_NAMESPACE)
+    cache = ctx.cache(CAPTION_CACHE)
     # 1. The neurons' exemplars, from stage 2.
     entries = [work.entries["crop"][neuron] for neuron in work.neurons]
     # 2. Render every exemplar once and key it by its pixels and the captioner.

@@ -14,7 +14,7 @@ from PIL import Image
 
 from dnd.artifacts import Concepts, Generations, Labels, NeuronConcepts
 from dnd.backends import Backends
-from dnd.backends.captioners import caption_key
+from dnd.backends.captioners import CAPTION_CACHE, caption_key
 from dnd.backends.embedders import load_minilm
 from dnd.backends.generators import GenerationRequest
 from dnd.backends.retrieval import RetrievalGenerator
@@ -69,7 +69,7 @@ def retrieval(tmp_path: Path, minilm, captioner: ColourCaptioner, min_similarity
         "synthesize.pool",
         captioner=lambda: captioner,
         captioner_name=captioner.name,
-        captions=ItemCache(tmp_path / "cache", "captions"),
+        captions=ItemCache(tmp_path / "cache", CAPTION_CACHE),
         texts=minilm,
         batch_size=3,
         num_workers=0,
@@ -110,7 +110,7 @@ def test_pool_captions_are_made_once_in_stage_3_s_cache(tmp_path, minilm):
     generator.generate([ask("red", 0)])
     generator.generate([ask("ocean", 0)])
     assert captioner.captioned == len(POOL)  # each pool image once, on the first call
-    cache = ItemCache(tmp_path / "cache", "captions")
+    cache = ItemCache(tmp_path / "cache", CAPTION_CACHE)
     for name in POOL:
         image = open_rgb(tmp_path / "pool" / name)
         assert cache.get(caption_key(captioner.name, pixel_hash(image))) == ColourCaptioner().caption([image])[0]
@@ -165,7 +165,7 @@ def test_bad_pool_folders_fail_naming_synthesize_pool(tmp_path, minilm, image_fo
         "synthesize.pool",
         captioner=ColourCaptioner,
         captioner_name="stub:colour",
-        captions=ItemCache(tmp_path / "cache", "captions"),
+        captions=ItemCache(tmp_path / "cache", CAPTION_CACHE),
         texts=minilm,
         batch_size=2,
         num_workers=0,
