@@ -2,8 +2,9 @@
 
 Exemplars are rendered exactly as stage 2 ranked them (:mod:`dnd.exemplars`) and keyed by a hash
 of their pixels, so an image shared by several neurons (or layers, or runs) is captioned once per captioner. Captions
-live in the item cache ``captions`` under ``content_key({"captioner": name, "image": pixel hash})``; each batch is
-stored as soon as it is captioned, so a killed run keeps every finished batch. The captioner is loaded only when an
+live in the item cache ``captions`` under ``content_key({"captioner": name, "image": pixel hash})``
+(:func:`dnd.backends.captioners.caption_key`; the retrieval generator captions its pool into the same cache); each
+batch is stored as soon as it is captioned, so a killed run keeps every finished batch. The captioner is loaded only when an
 image is missing from the cache.
 """
 
