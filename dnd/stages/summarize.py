@@ -13,8 +13,9 @@ they are asked again next time. Token usage in the artifact counts each distinct
 distinct reply of the run, so shortenings shared by several neurons appear in each of those neurons but once in the
 total (a later run's usage joins it as :meth:`~dnd.artifacts.Concepts.merged_over` says). The manifest's counts say
 what this run did: ``llm_requests`` sent to the LLM and the ``prompt_tokens`` / ``completion_tokens`` they cost,
-replies read from the cache (``cache_hits``), re-asks after an unusable answer (``reasks``, sent or cached) and
-``failed_neurons``.
+replies read from the cache (``cache_hits``), re-asks after an unusable answer (``reasks``, sent or cached), unusable
+answers by why they were rejected (``rejected_empty``, ``rejected_comma``, ``rejected_too_long``, ``rejected_copy``;
+the last attempt's too) and ``failed_neurons``.
 """
 
 from __future__ import annotations
@@ -159,12 +160,23 @@ class ConceptAnswer(BaseModel):
         return label
 
 
+#: Why an answer can be rejected (the error types of :class:`ConceptAnswer`), counted per run in the manifest.
+REJECTIONS = ("empty", "comma", "too_long", "copy")
+
+
 def parse_answer(text: str, max_words: int, copies: frozenset[str] = frozenset()) -> tuple[str | None, str | None]:
     """``(label, None)`` when ``text`` is a usable concept label, else ``(None, reason)``."""
+    label, rejection = _validate(text, max_words, copies)
+    return label, rejection and rejection[1]
+
+
+def _validate(text: str, max_words: int, copies: frozenset[str]) -> tuple[str | None, tuple[str, str] | None]:
+    """``(label, None)``, or ``(None, (kind, reason))`` with ``kind`` one of :data:`REJECTIONS`."""
     try:
         answer = ConceptAnswer.model_validate({"label": text}, context={"max_words": max_words, "copies": copies})
     except ValidationError as exc:
-        return None, exc.errors()[0]["msg"]
+        error = exc.errors()[0]
+        return None, (error["type"], error["msg"])
     return answer.label, None
 
 
@@ -222,9 +234,11 @@ class _Asker:
                 if reply.error is not None or reply.text is None:
                     outcome.error = reply.error or "the LLM returned no text"
                     continue
-                outcome.label, reason = parse_answer(reply.text, self.config.max_words, asks[i].copies)
-                if outcome.label is not None:
+                outcome.label, rejection = _validate(reply.text, self.config.max_words, asks[i].copies)
+                if rejection is None:
                     continue
+                kind, reason = rejection
+                self.counts[f"rejected_{kind}"] += 1
                 if attempt == self.config.max_attempts:
                     outcome.rejected = f"{reply.text.strip()!r}: {reason}"
                     continue
@@ -329,10 +343,8 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Concepts, dict[str, in
     artifact = Concepts(
         layer=work.layer, llm=asker.identity, neurons=results, usage=asker.total_usage(list(asker.usage))
     )
-    counts = {
-        name: asker.counts[name]
-        for name in ("llm_requests", "cache_hits", "reasks", "prompt_tokens", "completion_tokens")
-    }
+    counted = ("llm_requests", "cache_hits", "reasks", "prompt_tokens", "completion_tokens")
+    counts = {name: asker.counts[name] for name in (*counted, *(f"rejected_{kind}" for kind in REJECTIONS))}
     return artifact, counts
 
 

@@ -185,6 +185,7 @@ def test_concepts_per_neuron_with_one_chat_call_per_round(run_stage):
         "llm_requests": DISTINCT_CAPTIONS + 2 * N,
         "cache_hits": 0,
         "reasks": 0,
+        **{f"rejected_{kind}": 0 for kind in ("empty", "comma", "too_long", "copy")},
         "failed_neurons": 1,
         "prompt_tokens": concepts.usage.prompt_tokens,
         "completion_tokens": concepts.usage.completion_tokens,
@@ -249,13 +250,14 @@ def test_too_long_answers_are_rejected_after_max_attempts(run_stage):
         return "a very long answer of seven words" if kind == "summary" else good_answer(request)
 
     llm = ScriptedLLM(answer)
-    concepts, _ = run_stage(llm)
+    concepts, counts = run_stage(llm)
     assert [len(call) for call in llm.calls] == [DISTINCT_CAPTIONS, 2 * N, 2 * N, 2 * N]  # max_attempts = 3
     assert (
         concepts.neurons[0].rejected
         == ["summary: 'a very long answer of seven words': it has 7 words, more than 5"] * N
     )
     assert concepts.neurons[0].failed.startswith("no valid concept")
+    assert counts["rejected_too_long"] == 3 * 2 * N and counts["rejected_comma"] == 0
 
 
 def test_labels_are_deduplicated_in_order_with_background_variants(run_stage):
