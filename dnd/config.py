@@ -164,7 +164,11 @@ class SummarizeConfig(_Section):
     simplify_captions: bool = Field(True, description="First shorten each caption to a concept (one call each).")
     n_summaries: int = Field(5, ge=1, description="Summaries requested per neuron, captions shuffled each time (N).")
     temperature: float = Field(0.3, ge=0)
-    max_new_tokens: int = Field(24, ge=1)
+    max_new_tokens: int = Field(24, ge=1, description="Token budget of one answer.")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\n"],
+        description="An answer ends at the first of these strings (sent as `stop` to OpenAI-compatible servers).",
+    )
     max_attempts: int = Field(3, ge=1, description="Asks per answer, re-asking with the reason when invalid.")
     max_words: int = Field(5, ge=1)
     background_suffixes: list[str] = Field(

@@ -222,7 +222,13 @@ class _Asker:
             if not pending:
                 break
             requests = [
-                ChatRequest(conversations[i], self.config.temperature, self.config.max_new_tokens, asks[i].sample)
+                ChatRequest(
+                    conversations[i],
+                    self.config.temperature,
+                    self.config.max_new_tokens,
+                    asks[i].sample,
+                    tuple(self.config.stop),
+                )
                 for i in pending
             ]
             if attempt > 1:
@@ -289,6 +295,7 @@ class _Asker:
                 "temperature": request.temperature,
                 "max_tokens": request.max_tokens,
                 "sample": request.sample,
+                "stop": list(request.stop),
             }
         )
 

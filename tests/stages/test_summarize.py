@@ -180,7 +180,7 @@ def test_concepts_per_neuron_with_one_chat_call_per_round(run_stage):
     # Round 1: every distinct caption once; round 2: every summary of the layer; no per-neuron calls.
     assert [len(call) for call in llm.calls] == [DISTINCT_CAPTIONS, 2 * N]
     assert {read_request(r)[0] for r in llm.calls[0]} == {"simplify"}
-    assert all(r.temperature == 0.3 and r.max_tokens == 24 for r in llm.requests)
+    assert all((r.temperature, r.max_tokens, r.stop) == (0.3, 24, ("\n",)) for r in llm.requests)
     assert counts == {
         "llm_requests": DISTINCT_CAPTIONS + 2 * N,
         "cache_hits": 0,
