@@ -112,6 +112,7 @@ def _check_placeholders(name: str, role: str, body: str, allowed: set[str], fix:
 
 # --- answers ----------------------------------------------------------------------------------------------------
 
+_OR = re.compile(r"\s+or\s+", re.IGNORECASE)
 _QUOTES = "\"'`*“”‘’«»"
 # A leading "Label:", "Concept label:", "Answer:" ... that models like to prepend (up to three words and a colon).
 _PREFIX = re.compile(r"^(?:[a-z][\w-]*[ \t]*){1,3}:\s*", re.IGNORECASE)
@@ -395,14 +396,25 @@ def _failure_reason(summaries: list[_Outcome]) -> str:
 
 
 def _lone_descriptions(captions: list[str], descriptions: list[str]) -> frozenset[str]:
-    """Normalised texts (a caption or the description made of it) that only one exemplar has.
+    """Normalised texts (a caption, the description made of it, or one of the alternatives a text offers as
+    "goldfish or tench") that only one exemplar has.
 
     Repeating one of them describes a single image, not what the exemplars share; repeating a description several
-    exemplars share is allowed (it may well be their common concept).
+    exemplars share is allowed (it may well be their common concept). Alternatives count on their own because a
+    classifier's caption names its top classes that way: "tabby" is shared by exemplars captioned "tabby" and
+    "tiger cat or tabby", and is a fair summary of them.
     """
-    per_exemplar = [{normalise_label(text) for text in texts} for texts in zip(captions, descriptions, strict=True)]
+    per_exemplar = [
+        {label for text in texts for label in (normalise_label(text), *_alternatives(text))}
+        for texts in zip(captions, descriptions, strict=True)
+    ]
     counts = Counter(text for texts in per_exemplar for text in texts)
     return frozenset(text for text, count in counts.items() if count == 1)
+
+
+def _alternatives(text: str) -> list[str]:
+    """The normalised parts of a text that offers alternatives ("goldfish or tench" → goldfish, tench)."""
+    return [normalise_label(part) for part in _OR.split(text)]
 
 
 def _shuffled(items: list[str], seed: int, layer: str, neuron: int, sample: int) -> list[str]:
@@ -423,7 +435,7 @@ def _extra_inputs(ctx: StageContext) -> dict[str, object]:
 
 SPEC = StageSpec(
     name="summarize",
-    version=1,
+    version=2,  # 2: the alternatives of a caption ("goldfish or tench") count as descriptions of their own
     needs=("caption",),
     config_sections=("summarize",),
     artifact=Concepts,

@@ -112,14 +112,10 @@ def caption_stage(captions: dict[int, list[str] | str]) -> StageSpec:
     return stand_in_stage("caption", ("record",), Captions, captions, entry, captioner="stand-in")
 
 
-#: Stage 1, the stand-in for stage 3, and stage 4.
-STAGES = [record.SPEC, caption_stage(CAPTIONS), summarize.SPEC]
-
-
 @pytest.fixture
 def run_stage(tmp_path, image_folder, mixer):
     """``run_stage(llm, *overrides, out="a", ...)`` → (Concepts, manifest counts) of layer ``head``, captioned with
-    :data:`CAPTIONS`."""
+    ``captions`` (default :data:`CAPTIONS`)."""
 
     def run(
         llm,
@@ -128,9 +124,11 @@ def run_stage(tmp_path, image_folder, mixer):
         neurons: list[int] | None = None,
         force: bool = False,
         backends: type[Backends] = Backends,
+        captions: dict[int, list[str] | str] = CAPTIONS,
     ) -> tuple[Concepts, dict[str, int]]:
+        stages = [record.SPEC, caption_stage(captions), summarize.SPEC]  # stage 1, the stand-in for stage 3, stage 4
         config = make_config(tmp_path / out, image_folder, *overrides)
-        pipeline = Pipeline(config, backends(config, target=mixer, concept_llm=llm), prompts_dir=PROMPTS, stages=STAGES)
+        pipeline = Pipeline(config, backends(config, target=mixer, concept_llm=llm), prompts_dir=PROMPTS, stages=stages)
         folder = pipeline.run_until("summarize", [LAYER], neurons, {"summarize"} if force else None)[LAYER]
         counts = json.loads((folder / "manifest.json").read_text())["counts"]
         return read_model(folder / "artifact.json", Concepts), counts
@@ -242,6 +240,23 @@ def test_a_copy_of_a_single_description_is_rejected_but_a_shared_one_is_not(run_
     assert all("repeats a single description" in reason for reason in concepts.neurons[1].rejected)
     assert [len(call) for call in llm.calls] == [DISTINCT_CAPTIONS, 2 * N, N]  # only neuron 1 is asked again
     assert counts["failed_neurons"] == 2
+
+
+def test_a_class_name_most_exemplars_offer_is_a_label_but_one_only_one_offers_is_a_copy(run_stage):
+    """Classifier captions list alternatives ("tabby or tiger cat"): each counts as a description of its own."""
+    cats = ["tabby or tiger cat", "tiger cat or tabby", "Egyptian cat or tabby", "tabby", "lynx"]
+    answers = iter(["tabby", "egyptian cat", "tiger cat", "Lynx", "tabby or tiger cat"] + ["cats"] * 5)
+
+    concepts, counts = run_stage(
+        ScriptedLLM(lambda request: next(answers)),
+        "summarize.simplify_captions=false",
+        "summarize.max_attempts=2",
+        neurons=[0],
+        captions={0: cats},
+    )
+
+    assert concepts.neurons[0].concepts == ["tabby", "cats", "tiger cat"]  # samples 0, 1 (re-asked), 2
+    assert counts["rejected_copy"] == 3 and counts["reasks"] == 3  # egyptian cat, lynx, the whole first caption
 
 
 def test_too_long_answers_are_rejected_after_max_attempts(run_stage):
