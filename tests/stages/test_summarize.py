@@ -22,7 +22,7 @@ from dnd.artifacts import Caption, Captions, Concepts, NeuronCaptions, TokenUsag
 from dnd.backends import Backends
 from dnd.backends.chat import ChatReply, ChatRequest
 from dnd.backends.llms import OpenAIConceptLLM
-from dnd.config import OpenAIConfig
+from dnd.config import OpenAIConfig, load_config
 from dnd.errors import DnDError
 from dnd.pipeline import Pipeline
 from dnd.stages import record, summarize
@@ -528,3 +528,51 @@ def test_a_gpt5_family_model_runs_the_stage_through_the_real_client(run_stage, o
     rejected = [r for r in openai_server.received if "max_tokens" in r.body or "temperature" in r.body]
     assert len(rejected) == 2 and len(openai_server.received) == 4  # two lessons, then one request per neuron
     assert counts["failed_neurons"] == 1  # neuron 2 failed upstream
+
+
+CLASS_CAPTIONS: dict[int, list[str] | str] = {  # what the offline classifier captioner says about real exemplars
+    0: [
+        "tabby or tiger cat",
+        "Egyptian cat",
+        "Persian cat",
+        "tabby",
+        "Siamese cat or Egyptian cat",
+        "lynx or tabby",
+        "tiger cat or tabby or Egyptian cat",
+        "paper towel",
+        "Persian cat or Angora",
+        "tabby or Egyptian cat",
+    ],
+    1: [
+        "goldfinch",
+        "house finch or junco",
+        "robin",
+        "jay or magpie",
+        "bulbul",
+        "brambling or goldfinch",
+        "chickadee",
+        "water ouzel",
+        "junco or brambling",
+        "mailbox",
+    ],
+}
+
+
+def test_smollm2_summarises_class_names_in_at_most_n_plus_one_requests_per_neuron(run_stage, smollm2):
+    """The offline preset's stage 4 (class-name captions, no shortening, its decoding settings) with the real
+    SmolLM2: usable labels that name the kind of thing most exemplars show, and few re-asks."""
+    preset = load_config(PROMPTS.parent / "configs" / "offline.yaml").summarize
+    concepts, counts = run_stage(
+        smollm2,
+        "summarize.simplify_captions=false",
+        f"summarize.stop={json.dumps(preset.stop)}",
+        f"summarize.max_new_tokens={preset.max_new_tokens}",
+        f"summarize.temperature={preset.temperature}",
+        captions=CLASS_CAPTIONS,
+        neurons=[0, 1],
+    )
+
+    assert counts["llm_requests"] <= 2 * (N + 1)
+    for entry, kind in zip(concepts.neurons, ("cat", "bird"), strict=True):
+        assert entry.concepts and all(1 <= len(label.split()) <= 5 for label in entry.concepts)
+        assert any(kind in label for label in entry.concepts), entry.concepts
