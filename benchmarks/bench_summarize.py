@@ -7,8 +7,13 @@ exemplars (stages 1-3 run for real, then stage 4 runs as the product runs it):
 
 - ``imagenet``: EfficientNet-Lite0 ``blocks.10`` over the 1,000 ImageNet samples (``configs/offline.yaml``); its
   class names describe ImageNet images well;
-- ``cifar``: CIFAR-10 ResNet-20 ``layer3`` and ``fc`` over the CIFAR-10 test images; EfficientNet-Lite0 names 32 px
-  CIFAR images poorly ("fox squirrel", "moving van"), which is the hard case for the summary.
+- ``cifar``: CIFAR-10 ResNet-20 ``layer3`` and ``linear`` (its output, one neuron per CIFAR-10 class) over the
+  CIFAR-10 test images; EfficientNet-Lite0 names 32 px CIFAR images poorly ("fox squirrel", "moving van"), which is
+  the hard case for the summary.
+
+:func:`run` (what ``make bench`` calls) works in a temporary folder. A neuron's ``labels`` are its candidate concepts
+(or why it failed); with ``--labels`` its ``details`` are printed too: its captions, most frequent first, and its
+rejected answers.
 
 Stage 4 is asked afresh on every run (its reply cache is emptied first); stages 1-3 stay cached in the output folder,
 so after editing ``prompts/`` or ``summarize.*`` a re-run costs only the LLM. Alone::
@@ -42,10 +47,10 @@ from dnd.store import read_model
 
 CIFAR_IMAGES = SHARED / "data" / "cifar10-test"
 NEURONS = 32
-#: case -> (config file, [(layer, neurons at most)], overrides)
-CASES: dict[str, tuple[str, list[tuple[str, int]], list[str]]] = {
-    "imagenet": ("configs/offline.yaml", [("blocks.10", NEURONS)], []),
-    "cifar": ("configs/cifar10_resnet20.yaml", [("layer3", NEURONS), ("fc", 10)], []),
+#: case -> (config file, [(layer, neurons at most)])
+CASES: dict[str, tuple[str, list[tuple[str, int]]]] = {
+    "imagenet": ("configs/offline.yaml", [("blocks.10", NEURONS)]),
+    "cifar": ("configs/cifar10_resnet20.yaml", [("layer3", NEURONS), ("linear", 10)]),
 }
 
 
@@ -77,8 +82,10 @@ def run(
     cases: list[str] | None = None,
     neurons: int = NEURONS,
     overrides: list[str] | None = None,
+    details: bool = False,
 ) -> dict[str, Any]:
-    """Stage 4 on every case: requests per neuron, re-asks by reason, seconds, each neuron's captions and labels."""
+    """Stage 4 on every case: requests per neuron, re-asks by reason, seconds, each neuron's labels (and with
+    ``details`` its captions and rejected answers)."""
     missing = [str(path) for path in (IMAGENET_SAMPLES, CIFAR_IMAGES) if not path.is_dir()]
     if missing:
         return {"skipped": f"needs {', '.join(missing)}"}
@@ -89,11 +96,11 @@ def run(
         llm: ConceptLLM | None = None
         results: dict[str, Any] = {"captioner": captioner.name}
         for case in cases or list(CASES):
-            config_file, layers, case_overrides = CASES[case]
-            config = _config(config_file, folder / case, [*case_overrides, *(overrides or [])])
+            config_file, layers = CASES[case]
+            config = _config(config_file, folder / case, overrides or [])
             backends = Backends(config, captioner=captioner, concept_llm=llm)
             for layer, most in layers:
-                results[f"{case}:{layer}"] = _measure(Pipeline(config, backends), layer, most, neurons)
+                results[f"{case}:{layer}"] = _measure(Pipeline(config, backends), layer, most, neurons, details)
             llm = backends.concept_llm  # loaded once, handed on to the next case
         return results
 
@@ -110,7 +117,7 @@ def _config(config_file: str, out: Path, overrides: list[str]) -> RunConfig:
     )
 
 
-def _measure(pipeline: Pipeline, layer: str, most: int, neurons: int) -> dict[str, Any]:
+def _measure(pipeline: Pipeline, layer: str, most: int, neurons: int, details: bool) -> dict[str, Any]:
     """Stages 1-3 of ``layer`` (cached when already there), then stage 4 asked afresh; what it did and said."""
     pipeline.run_until("record", [layer])
     count = min(neurons, most, pipeline.store.load(layer, "record", pipeline.key("record", layer), TopImages).n_neurons)
@@ -122,8 +129,9 @@ def _measure(pipeline: Pipeline, layer: str, most: int, neurons: int) -> dict[st
     counts = manifest["counts"]
     concepts = read_model(folder / "artifact.json", Concepts)
     captions = pipeline.store.load(layer, "caption", pipeline.key("caption", layer), Captions)
+    entries = [entry for entry in concepts.neurons if entry.neuron in wanted]
     captioned = {entry.neuron: [caption.text for caption in entry.captions] for entry in captions.neurons}
-    return {
+    result = {
         "neurons": count,
         "llm_requests_per_neuron": round(counts["llm_requests"] / count, 2),
         "reasks_per_neuron": round(counts["reasks"] / count, 2),
@@ -131,17 +139,14 @@ def _measure(pipeline: Pipeline, layer: str, most: int, neurons: int) -> dict[st
         "failed_neurons": counts["failed_neurons"],
         "completion_tokens_per_request": round(counts["completion_tokens"] / max(counts["llm_requests"], 1), 1),
         "seconds": manifest["seconds"],
-        "labels": {
-            entry.neuron: {
-                "captions": _tally(captioned.get(entry.neuron, [])),
-                "concepts": entry.concepts,
-                "rejected": entry.rejected,
-                **({"failed": entry.failed} if entry.failed else {}),
-            }
-            for entry in concepts.neurons
-            if entry.neuron in wanted
-        },
+        "labels": {entry.neuron: entry.concepts or entry.failed for entry in entries},
     }
+    if details:
+        result["details"] = {
+            entry.neuron: {"captions": _tally(captioned.get(entry.neuron, [])), "rejected": entry.rejected}
+            for entry in entries
+        }
+    return result
 
 
 def _tally(captions: list[str]) -> str:
@@ -149,18 +154,19 @@ def _tally(captions: list[str]) -> str:
     return "; ".join(f"{text} x{n}" if n > 1 else text for text, n in Counter(captions).most_common())
 
 
-def _print(results: dict[str, Any], labels: bool) -> None:
+def _print(results: dict[str, Any]) -> None:
     for name, result in results.items():
         if not isinstance(result, dict) or "labels" not in result:
             print(f"{name}: {result}")
             continue
-        summary = {key: value for key, value in result.items() if key != "labels"}
+        summary = {key: value for key, value in result.items() if key not in ("labels", "details")}
         print(f"== {name}: {json.dumps(summary)}")
-        if labels:
-            for neuron, entry in result["labels"].items():
-                print(f"  {neuron:>3} {entry['captions']}")
-                print(f"      -> {entry['concepts']}" + (f"  FAILED: {entry['failed']}" if "failed" in entry else ""))
-                for reason in entry["rejected"]:
+        if "details" in result:
+            for neuron, concepts in result["labels"].items():
+                details = result["details"][neuron]
+                print(f"  {neuron:>3} {details['captions']}")
+                print(f"      -> {concepts}")
+                for reason in details["rejected"]:
                     print(f"      rejected {reason}")
 
 
@@ -173,8 +179,8 @@ def main() -> None:
     parser.add_argument("--labels", action="store_true", help="print every neuron's captions and labels")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    results = run(args.out, args.case, args.neurons, args.set)
-    _print(results, args.labels)
+    results = run(args.out, args.case, args.neurons, args.set, details=args.labels)
+    _print(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -12,13 +12,14 @@ import torch
 from rich.console import Console
 from rich.pretty import Pretty
 
-from benchmarks import bench_cpu, bench_describe, bench_final_layer, bench_record, bench_report
+from benchmarks import bench_cpu, bench_describe, bench_final_layer, bench_record, bench_report, bench_summarize
 from benchmarks.common import ROOT
 
 BENCHMARKS = {
     "cpu": bench_cpu.run,
     "record": bench_record.run,
     "describe": bench_describe.run,
+    "summarize": bench_summarize.run,
     "final_layer": bench_final_layer.run,
     "report": bench_report.run,
 }
