@@ -8,10 +8,11 @@ Failures never raise: a request whose retries are used up (HTTP 429 / 5xx, timeo
 fails for good (another HTTP error, a malformed answer) becomes a :class:`ChatReply` with ``error`` set.
 
 Newer OpenAI models (the o-series, the gpt-5 family) reject ``max_tokens`` (they take ``max_completion_tokens``, which
-also bounds their hidden reasoning) and any ``temperature`` but the default. A client learns this from the first HTTP
-400 that names the parameter and from then on sends every request adapted (see :meth:`OpenAIClient.adapted`); the
-request that met the 400 is sent again at once. Nothing is configured, and callers and their cache keys never see
-the difference: a model that takes the parameters gets exactly the requests it always got.
+also bounds their hidden reasoning), any ``temperature`` but the default, and ``stop``. A client learns this from the
+first HTTP 400 that names the parameter and from then on sends every request adapted (see
+:meth:`OpenAIClient.adapted`); the request that met the 400 is sent again at once. Nothing is configured, and callers
+and their cache keys never see the difference: a model that takes the parameters gets exactly the requests it always
+got.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # The openai client insists on some key; servers on this machine ignore it.
 _NO_KEY = "no-key"
 #: Request parameters a model may reject, which a client then adapts (see :meth:`OpenAIClient.adapted`).
-ADAPTABLE_PARAMETERS = ("max_tokens", "temperature")
+ADAPTABLE_PARAMETERS = ("max_tokens", "temperature", "stop")
 
 
 def server_label(config: OpenAIConfig) -> str:
@@ -131,12 +132,14 @@ class OpenAIClient:
     def adapted(self, call: Mapping[str, Any]) -> dict[str, Any]:
         """``call`` as this model takes it: once ``max_tokens`` was rejected, the limit goes as
         ``max_completion_tokens``, raised by ``reasoning_tokens`` for the reasoning that such models do first and
-        count against it; once ``temperature`` was rejected, it is left out (the model samples at its default)."""
+        count against it; once ``temperature`` was rejected, it is left out (the model samples at its default); once
+        ``stop`` was rejected, it is left out too (stage 4 reads an answer's first line anyway)."""
         request = dict(call)
         if "max_tokens" in self.rejected and "max_tokens" in request:
             request["max_completion_tokens"] = request.pop("max_tokens") + self.config.reasoning_tokens
-        if "temperature" in self.rejected:
-            request.pop("temperature", None)
+        for parameter in ("temperature", "stop"):
+            if parameter in self.rejected:
+                request.pop(parameter, None)
         return request
 
     def _learn_rejection(self, body: object, sent: Mapping[str, Any]) -> bool:

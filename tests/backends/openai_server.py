@@ -12,8 +12,8 @@ message>"``, so concurrent requests can be told apart by their answers. Behaviou
 - ``("bad_key", None)``: HTTP 401 whose message quotes the bearer token back, as api.openai.com does.
 
 A request for a model of the newer OpenAI families (:data:`REASONING_MODELS`: o-series, gpt-5) is first checked as
-api.openai.com checks it: one that sends ``max_tokens``, or a ``temperature`` other than 1, gets HTTP 400 with
-api.openai.com's error body for it (one parameter at a time, ``max_tokens`` first), without taking a behaviour.
+api.openai.com checks it: one that sends ``max_tokens``, a ``temperature`` other than 1, or ``stop``, gets HTTP 400
+with api.openai.com's error body for it (one parameter at a time, in that order), without taking a behaviour.
 
 Every request is recorded (body, headers, start and end times) and :meth:`ScriptedServer.max_in_flight` says how
 many overlapped. Waits end early when the server stops, so teardown never hangs on a sleeping handler.
@@ -34,7 +34,7 @@ from typing import Any
 Behaviour = tuple[str, Any]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-#: Model-name prefixes of the families that reject ``max_tokens`` and a non-default ``temperature``.
+#: Model-name prefixes of the families that reject ``max_tokens``, a non-default ``temperature`` and ``stop``.
 REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 
 
@@ -123,6 +123,13 @@ def _rejection(body: dict[str, Any]) -> dict[str, Any] | None:
             "type": "invalid_request_error",
             "param": "temperature",
             "code": "unsupported_value",
+        }
+    if "stop" in body:
+        return {
+            "message": "Unsupported parameter: 'stop' is not supported with this model.",
+            "type": "invalid_request_error",
+            "param": "stop",
+            "code": "unsupported_parameter",
         }
     return None
 

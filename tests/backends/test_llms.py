@@ -373,6 +373,22 @@ def test_a_model_that_rejects_max_tokens_and_temperature_is_adapted_once_per_cli
     assert llm.name == f"openai:gpt-5-mini@127.0.0.1:{openai_server.port}"  # cache keys do not see the adaptation
 
 
+def test_stop_strings_are_left_out_for_a_model_that_rejects_them(openai_server):
+    llm = openai_llm(openai_server, model="o3-mini", concurrency=1)
+    stopped = [ChatRequest(ask(text).messages, 0.3, 16, stop=("\n",)) for text in ("zebra", "puppy")]
+
+    replies = llm.chat(stopped)
+
+    assert [(r.text, r.error, r.attempts) for r in replies] == [("echo: zebra", None, 4), ("echo: puppy", None, 1)]
+    assert [set(r.body) & {"max_tokens", "temperature", "stop"} for r in openai_server.received] == [
+        {"max_tokens", "temperature", "stop"},  # each rejection teaches the client one parameter
+        {"temperature", "stop"},
+        {"stop"},
+        set(),
+        set(),
+    ]
+
+
 def test_concurrent_requests_all_adapt_and_succeed(openai_server):
     llm = openai_llm(openai_server, model="o4-mini", concurrency=8, reasoning_tokens=100)
 

@@ -509,7 +509,8 @@ def test_smollm2_offline_gives_valid_concepts_for_real_captions(run_stage, smoll
 
 
 def test_a_gpt5_family_model_runs_the_stage_through_the_real_client(run_stage, openai_server, monkeypatch):
-    """The server rejects max_tokens and temperature for gpt-5 models, as api.openai.com does; the stage succeeds."""
+    """The server rejects max_tokens, temperature and stop for gpt-5 models, as api.openai.com does; the stage
+    succeeds."""
     monkeypatch.setenv("DND_TEST_KEY", "sk-test")
     config = OpenAIConfig(
         base_url=openai_server.base_url, model="gpt-5-mini", api_key_env="DND_TEST_KEY", concurrency=1
@@ -525,8 +526,8 @@ def test_a_gpt5_family_model_runs_the_stage_through_the_real_client(run_stage, o
     assert by_neuron[0].concepts == ["striped textures"]
     assert by_neuron[1].concepts == ["floral designs", "floral designs background"]
     assert concepts.llm == f"openai:gpt-5-mini@127.0.0.1:{openai_server.port}"
-    rejected = [r for r in openai_server.received if "max_tokens" in r.body or "temperature" in r.body]
-    assert len(rejected) == 2 and len(openai_server.received) == 4  # two lessons, then one request per neuron
+    rejected = [r for r in openai_server.received if {"max_tokens", "temperature", "stop"} & set(r.body)]
+    assert len(rejected) == 3 and len(openai_server.received) == 5  # three lessons, then one request per neuron
     assert counts["failed_neurons"] == 1  # neuron 2 failed upstream
 
 
