@@ -4,8 +4,8 @@ Exemplars are rendered exactly as stage 2 ranked them (:mod:`dnd.exemplars`) and
 of their pixels, so an image shared by several neurons (or layers, or runs) is captioned once per captioner. Captions
 live in the item cache ``captions`` under ``content_key({"captioner": name, "image": pixel hash})``
 (:func:`dnd.backends.captioners.caption_key`; the retrieval generator captions its pool into the same cache); each
-batch is stored as soon as it is captioned, so a killed run keeps every finished batch. The captioner is loaded only when an
-image is missing from the cache.
+batch is stored as soon as it is captioned, so a killed run keeps every finished batch. The captioner is loaded only
+when an image is missing from the cache.
 """
 
 from __future__ import annotations
