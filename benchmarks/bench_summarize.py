@@ -7,7 +7,7 @@ exemplars (stages 1-3 run for real, then stage 4 runs as the product runs it):
 
 - ``imagenet``: EfficientNet-Lite0 ``blocks.10`` over the 1,000 ImageNet samples (``configs/offline.yaml``); its
   class names describe ImageNet images well;
-- ``cifar``: CIFAR-10 ResNet-20 ``layer3`` and ``linear`` (its output, one neuron per CIFAR-10 class) over the
+- ``cifar``: CIFAR-10 ResNet-20 ``layer3`` and ``fc`` (its output, one neuron per CIFAR-10 class) over the
   CIFAR-10 test images; EfficientNet-Lite0 names 32 px CIFAR images poorly ("fox squirrel", "moving van"), which is
   the hard case for the summary.
 
@@ -50,7 +50,7 @@ NEURONS = 32
 #: case -> (config file, [(layer, neurons at most)])
 CASES: dict[str, tuple[str, list[tuple[str, int]]]] = {
     "imagenet": ("configs/offline.yaml", [("blocks.10", NEURONS)]),
-    "cifar": ("configs/cifar10_resnet20.yaml", [("layer3", NEURONS), ("linear", 10)]),
+    "cifar": ("configs/cifar10_resnet20.yaml", [("layer3", NEURONS), ("fc", 10)]),
 }
 
 

@@ -5,12 +5,14 @@ block of stages 2 and 3 halves the resolution), global average pooling and a lin
 change shape use "option A": subsample by 2 and zero-pad the new channels, so they have no parameters.
 
 Module paths, as users type them as layer names: ``conv1``, ``bn1``, ``layer1`` ... ``layer3`` (each block
-``layerK.i`` has ``conv1``, ``bn1``, ``conv2``, ``bn2``), ``pool``, ``linear``. They match the checkpoints
-published with Yerlan Idelbayev's CIFAR-10 ResNet training code once its ``module.`` prefix is stripped.
+``layerK.i`` has ``conv1``, ``bn1``, ``conv2``, ``bn2``), ``pool``, ``fc`` (the output layer, named as in
+torchvision's ResNets). They match the checkpoints published with Yerlan Idelbayev's CIFAR-10 ResNet training code
+once its ``module.`` prefix is stripped and its classifier's ``linear.`` is read as ``fc.``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -65,7 +67,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._stage(16, 32, n, stride=2)
         self.layer3 = self._stage(32, 64, n, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(64, num_classes)
 
     @staticmethod
     def _stage(cin: int, cout: int, n: int, stride: int) -> nn.Sequential:
@@ -74,21 +76,23 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.pool(self.layer3(self.layer2(self.layer1(x))))
-        return self.linear(torch.flatten(x, 1))
+        return self.fc(torch.flatten(x, 1))
 
 
 def cifar_resnet(depth: int, weights: str | Path | None = None) -> nn.Module:
     """Build the CIFAR-10 ResNet of the given depth (20, 32, 44, 56, 110, ...) in eval mode.
 
     ``weights`` is a checkpoint file: either a plain state dict or a dict holding one under ``"state_dict"``,
-    with or without the ``module.`` prefix that ``nn.DataParallel`` adds.
+    with or without the ``module.`` prefix that ``nn.DataParallel`` adds; its classifier may be named ``linear``
+    (the published checkpoints) or ``fc``.
     """
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
     model = CifarResNet((depth - 2) // 6)
     if weights is not None:
         fix = "Set target.name to the checkpoint's depth (cifar_resnet20, cifar_resnet56, ...) or target.weights."
-        fit_state_dict(model, read_state_dict(weights), str(weights), f"CIFAR ResNet-{depth}", fix)
+        state = {re.sub(r"^linear\.", "fc.", key): value for key, value in read_state_dict(weights).items()}
+        fit_state_dict(model, state, str(weights), f"CIFAR ResNet-{depth}", fix)
     return model.eval()
 
 

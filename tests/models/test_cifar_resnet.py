@@ -31,7 +31,7 @@ def test_output_shape_and_layer_paths(depth: int, blocks: int) -> None:
         "layer2",
         "layer3",
         "pool",
-        "linear",
+        "fc",
         "layer1.0.conv1",
         f"layer3.{last}.conv2",
         f"layer3.{last}.bn2",
