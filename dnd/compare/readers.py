@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dnd.artifacts import Labels
 from dnd.errors import DnDError
-from dnd.layout import ARTIFACT_FILE
+from dnd.layout import ARTIFACT_FILE, FINAL_RESULTS_FILE
 from dnd.store import read_model
 
 _QUOTES = "\"'"
@@ -297,6 +297,9 @@ def _score(value: str) -> float | None:
 
 
 def _layer_from_name(path: Path) -> str | None:
-    """``resnet50_imagenet_broden_layer3.csv`` → ``layer3``; None when the name has no ``_``."""
+    """``resnet50_imagenet_broden_layer3.csv`` → ``layer3``; our runs' ``<run>/layer3/final_results.csv`` →
+    ``layer3`` (the folder is the layer); None when the name has no ``_``."""
+    if path.name == FINAL_RESULTS_FILE and path.parent.name:
+        return path.parent.name
     stem = path.stem
     return stem.rsplit("_", 1)[1] if "_" in stem else None

@@ -125,6 +125,14 @@ def test_files_without_a_layer_column_need_a_layer(tmp_path):
     assert read_label_source(f"{path}:layer3").layers() == ["layer3"]
 
 
+def test_our_final_results_take_their_layer_from_the_layer_folder(tmp_path):
+    (tmp_path / "blocks.10").mkdir()
+    path = write(tmp_path / "blocks.10", "final_results.csv", "Neuron ID,Label 1,Label 2,Label 3\n0,dogs,cats,\n")
+    labels = read_labels(path)
+    assert (labels.layers(), labels.units("blocks.10")[0].labels) == (["blocks.10"], ["dogs", "cats"])
+    assert read_label_source(f"{path}:fc").layers() == ["fc"]
+
+
 def test_unreadable_inputs_are_clear_errors(tmp_path):
     with pytest.raises(DnDError, match="missing.csv cannot be read: no such file"):
         read_labels(tmp_path / "missing.csv")
