@@ -198,7 +198,7 @@ def _write_plots(root: Path, views: list[NeuronView], comparison: Comparison | N
     interpretability = [v.interpretability for v in views]
     series = [
         ("score", "Label 1 final score", "score", [v.score for v in views], None),
-        ("interpretability", "Interpretability", "mean pairwise CLIP similarity", interpretability, None),
+        ("interpretability", "Interpretability", "mean pairwise image-embedding similarity", interpretability, None),
     ]
     if comparison is not None:
         similarity = [v.similarity for v in views]
