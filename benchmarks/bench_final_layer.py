@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.common import ROOT, SHARED
 from dnd.artifacts import Captions, Labels
-from dnd.backends.embedders import load_text_embedder
+from dnd.backends.embedders import TextEmbedder, load_text_embedder
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.config import EmbedConfig, load_config
 from dnd.data import open_probe
@@ -53,7 +53,8 @@ def run() -> dict[str, Any]:
         labels = Labels.model_validate_json((folders["score"] / ARTIFACT_FILE).read_text())
         captions = Captions.model_validate_json((folders["caption"] / ARTIFACT_FILE).read_text())
         classes = open_probe(config.probe).class_names  # the folders, in CIFAR-10's class order
-        table = _final_layer_table(labels, captions, classes)
+        embedder = load_text_embedder("minilm", EmbedConfig(), torch.device("cpu"))
+        table = final_layer_table(labels, captions, classes, embedder)
         manifests = {stage: json.loads((folder / MANIFEST_FILE).read_text()) for stage, folder in folders.items()}
     neurons = len(labels.neurons)
     caption_counts, llm = manifests["caption"]["counts"], manifests["summarize"]["counts"]
@@ -71,9 +72,9 @@ def run() -> dict[str, Any]:
     }
 
 
-def _final_layer_table(labels: Labels, captions: Captions, classes: list[str]) -> dict[str, Any]:
-    """Mean MiniLM cosine to the class name of: our Label 1, the constant label, the most frequent caption; over the
-    units that have a label (a failed unit is listed, not scored)."""
+def final_layer_table(labels: Labels, captions: Captions, classes: list[str], embedder: TextEmbedder) -> dict[str, Any]:
+    """Mean cosine (in ``embedder``'s space) to the class name of: our Label 1, the constant label, the most frequent
+    caption; over the units that have a label (a failed unit is listed, not scored). ``classes[k]`` names unit k."""
     units = [entry.neuron for entry in labels.neurons if entry.labels]
     ours = {entry.neuron: entry.labels[0] for entry in labels.neurons if entry.labels}
     frequent = {entry.neuron: _most_frequent([c.text for c in entry.captions]) for entry in captions.neurons}
@@ -82,11 +83,12 @@ def _final_layer_table(labels: Labels, captions: Captions, classes: list[str]) -
         f"constant_{CONSTANT}": dict.fromkeys(units, CONSTANT),
         "most_frequent_caption": {unit: frequent[unit] for unit in units if frequent.get(unit)},
     }
-    embedder = load_text_embedder("minilm", EmbedConfig(), torch.device("cpu"))
     table: dict[str, Any] = {}
     for name, chosen in sets.items():
         rows = [LabelRow(layer=LAYER, unit=unit, labels=[label]) for unit, label in chosen.items()]
-        result = evaluate_final_layer(LabelSet(source=name, method="bench", rows=rows), classes, [embedder], bins=10)[0]
+        result = evaluate_final_layer(
+            LabelSet(source=name, method="bench", rows=rows), {"first-synonym": classes}, [embedder], bins=10
+        )[0]
         table[name] = round(result.stats.mean, 4)
     table["per_unit"] = {
         classes[unit]: {"ours": ours[unit], "most_frequent_caption": frequent.get(unit)} for unit in units
