@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dnd.errors import ConfigError
 
@@ -67,6 +67,9 @@ class ProbeConfig(_Section):
     num_workers: int = execution_detail(2, ge=0)
 
 
+Autocast = Literal["float16", "bfloat16", "off"]
+
+
 class RecordConfig(_Section):
     """Stage 1: per-neuron activation summaries over the probing set and each neuron's top images."""
 
@@ -75,10 +78,28 @@ class RecordConfig(_Section):
         "cls", description="Transformer layers: the CLS token or the mean over tokens."
     )
     top_k: int = Field(10, ge=1, description="Top images kept per neuron (K).")
-    shard_size: int = execution_detail(
-        2048, ge=1, description="Images per resumable shard: a killed run redoes at most one shard."
+    shard_seconds: float = execution_detail(
+        30.0,
+        gt=0,
+        description="A resumable shard is written after this long: a killed run redoes at most this much recording.",
     )
-    autocast: bool = execution_detail(True, description="fp16 autocast on CUDA devices (ignored on CPU).")
+    shard_size: int = execution_detail(
+        4096,
+        ge=1,
+        description="At most this many images per shard, or one batch (bounds the memory a filling shard takes).",
+    )
+    autocast: Autocast = execution_detail(
+        "float16",
+        description="Mixed precision of every target-network pass on CUDA: float16, bfloat16 or off (float32); "
+        "ignored on the CPU. true/false mean float16/off.",
+    )
+
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _autocast_from_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # the setting was a switch for float16 before it named the precision
+            return "float16" if value else "off"
+        return value
 
 
 class CropConfig(_Section):
@@ -94,6 +115,9 @@ class CropConfig(_Section):
     )
     exemplars: int = Field(10, ge=1, description="Exemplars kept per neuron (K_c).")
     batch_size: int = execution_detail(32, ge=1)
+    neurons_per_batch: int = execution_detail(
+        16, ge=1, description="Neurons cropped together and stored as one resumable batch (a killed run redoes one)."
+    )
 
 
 class OpenAIConfig(_Section):
@@ -176,6 +200,12 @@ class SummarizeConfig(_Section):
         description="Labels ending in one of these also get a '<label> background' variant.",
     )
     batch_size: int = execution_detail(8, ge=1, description="backend local: requests generated together.")
+    requests_per_call: int = execution_detail(
+        64,
+        ge=1,
+        description="Requests handed to the backend at once (they run concurrently); the replies of each call are "
+        "cached when it returns, so a killed run loses at most one call's.",
+    )
 
 
 class SynthesizeConfig(_Section):
@@ -352,6 +382,22 @@ class CosyConfig(_Section):
         return preset.model_copy(update={"model": self.model or preset.model, "batch_size": self.batch_size})
 
 
+class ExecutionConfig(_Section):
+    """How fast the target network runs on a GPU; never what it computes beyond floating-point rounding. Mixed
+    precision is ``record.autocast``; batches that run out of CUDA memory are halved and retried automatically."""
+
+    memory_format: Literal["auto", "channels_last", "contiguous"] = execution_detail(
+        "auto",
+        description="Layout of the target network and its inputs: auto = channels_last for convolutional networks "
+        "on the CPU and on CUDA (faster there, with mixed precision on CUDA), contiguous otherwise.",
+    )
+    compile: bool = execution_detail(
+        False,
+        description="torch.compile the target network (slow first batches, faster afterwards; needs a C++ "
+        "compiler on the CPU).",
+    )
+
+
 class RunConfig(_Section):
     """Everything one run needs; a YAML file in ``configs/`` fills it."""
 
@@ -368,6 +414,7 @@ class RunConfig(_Section):
     embed: EmbedConfig = EmbedConfig()
     clip_dissect: ClipDissectConfig = ClipDissectConfig()
     cosy: CosyConfig = CosyConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     stop_after: Literal["record", "crop", "caption", "summarize", "synthesize", "score"] | None = execution_detail(
         None, description="`dnd describe` stops after this stage (e.g. crop where no captioning model can be had)."
     )

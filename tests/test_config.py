@@ -61,3 +61,12 @@ def test_key_fields_drop_execution_details():
     assert "batch_size" not in fields and "num_workers" not in fields
     assert fields["kind"] == "folder"
     assert "shard_size" not in key_fields(RunConfig().record)
+    assert key_fields(RunConfig().execution) == {}  # GPU throughput options change no key
+    assert not {"autocast", "shard_seconds"} & set(key_fields(RunConfig().record))
+
+
+@pytest.mark.parametrize(("value", "precision"), [("true", "float16"), ("false", "off"), ("bfloat16", "bfloat16")])
+def test_autocast_names_a_precision_and_still_takes_a_switch(value, precision):
+    assert load_config(None, [f"record.autocast={value}"]).record.autocast == precision
+    with pytest.raises(ConfigError, match="record.autocast"):
+        load_config(None, ["record.autocast=float8"])

@@ -54,21 +54,28 @@ class Backends:
 
     @cached_property
     def device(self) -> torch.device:
-        """The run's device; on the CPU the process's malloc is tuned first (see :mod:`dnd.cpu`)."""
+        """``config.device``; in a job of several processes per machine, ``auto`` and ``cuda`` mean this process's
+        own GPU (``cuda:<LOCAL_RANK>``). On the CPU the process's malloc is tuned first (see :mod:`dnd.cpu`)."""
         from dnd import cpu
         from dnd.backends.targets import resolve_device
+        from dnd.distributed import local_rank
 
-        device = resolve_device(self.config.device)
+        device = resolve_device(self.config.device, local_rank())
         if device.type == "cpu":
             cpu.tune_process()
         return device
 
     @cached_property
     def target(self) -> TargetNetwork:
+        """The target network on the device, in the layout ``execution.memory_format`` names, compiled if
+        ``execution.compile``."""
         from dnd.backends.targets import load_target
 
         network = self._given["target"] or load_target(self.config.target)
-        return network.to(self.device)
+        network.to(self.device, self.config.execution.memory_format)
+        if self.config.execution.compile:
+            network.module.compile()
+        return network
 
     def classifier(self, config: ClassifierConfig, setting: str) -> ImageClassifier:
         """The ImageNet classifier ``config`` names, loaded once however many roles use it (``setting`` names the

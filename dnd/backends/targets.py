@@ -16,10 +16,13 @@ from torch import nn
 
 from dnd.config import TargetConfig, key_fields
 from dnd.errors import DnDError, ModelLoadError
+from dnd.halving import FittingBatches
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 OFFLINE_HINT = "Without network access, use configs/offline.yaml or set target.weights to a local checkpoint."
 DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
+#: ``record.autocast`` values and the precision they run CUDA passes in (off: float32).
+AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "off": None}
 
 
 class _StopForward(Exception):
@@ -42,14 +45,17 @@ class TargetNetwork:
     view: Callable[[Image.Image], Image.Image] = field(init=False, repr=False)
     #: The rest of ``preprocess``: ``tensorize(view(image)) == preprocess(image)``.
     tensorize: Preprocess = field(init=False, repr=False)
-    #: Layout of the network and its inputs: channels-last for convolutional networks on the CPU (see dnd.cpu).
+    #: Layout of the network and its inputs (see :meth:`to`).
     memory_format: torch.memory_format = field(init=False, repr=False, default=torch.contiguous_format)
+    #: Forward passes run in batches that fit in GPU memory (halved on CUDA out-of-memory, see dnd.halving).
+    batches: FittingBatches = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.module.eval()
         if not self.identity:
             self.identity = {"name": self.name, "parameters": parameter_hash(self.module)}
         self.view, self.tensorize = split_preprocess(self.preprocess)
+        self.batches = FittingBatches(f"target network {self.name}")
 
     @property
     def device(self) -> torch.device:
@@ -58,11 +64,11 @@ class TargetNetwork:
             tensor = next(self.module.buffers(), None)
         return tensor.device if tensor is not None else torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> TargetNetwork:
-        """Move the network to ``device``, in the memory format that is fastest there."""
-        from dnd.cpu import memory_format
-
-        self.memory_format = memory_format(self.module, torch.device(device))
+    def to(self, device: torch.device | str, memory_format: str = "auto") -> TargetNetwork:
+        """Move the network to ``device`` in ``memory_format`` (``execution.memory_format``; see
+        :func:`choose_memory_format`)."""
+        device = torch.device(device)
+        self.memory_format = choose_memory_format(self.module, device, memory_format)
         self.module.to(device, memory_format=self.memory_format)
         return self
 
@@ -72,8 +78,9 @@ class TargetNetwork:
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The network's output for ``pixels [B, 3, H, W]`` (preprocessed), e.g. logits ``[B, n_classes]``."""
-        return self.module(self.place(pixels))
+        """The network's output for ``pixels [B, 3, H, W]`` (preprocessed), e.g. logits ``[B, n_classes]``; a batch
+        that runs out of CUDA memory is split and run in halves."""
+        return self.batches.run(lambda part: self.module(self.place(part)), pixels, torch.cat)
 
     def layer(self, path: str) -> nn.Module:
         """The submodule at ``path`` (e.g. ``layer3`` or ``blocks.9.mlp``); unknown paths list near ones."""
@@ -88,16 +95,30 @@ class TargetNetwork:
         pixels: torch.Tensor,
         layers: list[str],
         reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-        autocast: bool = False,
+        autocast: str = "off",
     ) -> dict[str, torch.Tensor]:
         """Run ``pixels [B, 3, H, W]`` and return each layer's output, or ``reduce(layer, output)`` if given.
 
         Reducing inside the hook means full feature maps of a whole batch never pile up in memory. ``autocast``
-        runs the pass in fp16 on CUDA (it is ignored elsewhere); every stage passes ``record.autocast``, so that
-        activations on crops and generated images are computed like those of the probing set.
-        The forward pass stops as soon as every requested layer has produced its output. A module called more
-        than once per forward pass is recorded at its first call.
+        (float16, bfloat16 or off) is the precision of the pass on CUDA (ignored elsewhere); every stage passes
+        ``record.autocast``, so that activations on crops and generated images are computed like those of the
+        probing set. The forward pass stops as soon as every requested layer has produced its output. A module
+        called more than once per forward pass is recorded at its first call. A batch that runs out of CUDA memory
+        is split and run in halves.
         """
+        if autocast not in AUTOCAST_DTYPES:
+            raise DnDError(f"autocast {autocast!r}: choose one of {', '.join(AUTOCAST_DTYPES)}")
+        return self.batches.run(
+            lambda part: self._capture(part, layers, reduce, AUTOCAST_DTYPES[autocast]), pixels, _joined_outputs
+        )
+
+    def _capture(
+        self,
+        pixels: torch.Tensor,
+        layers: list[str],
+        reduce: Callable[[str, torch.Tensor], torch.Tensor] | None,
+        autocast: torch.dtype | None,
+    ) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
 
         def hook_for(path: str) -> Callable[..., None]:
@@ -112,9 +133,9 @@ class TargetNetwork:
             return hook
 
         handles = [self.layer(path).register_forward_hook(hook_for(path)) for path in layers]
-        device = self.device
+        enabled = autocast is not None and self.device.type == "cuda"
         try:
-            with torch.autocast("cuda", dtype=torch.float16, enabled=autocast and device.type == "cuda"):
+            with torch.autocast("cuda", dtype=autocast or torch.float16, enabled=enabled):
                 self.module(self.place(pixels))
         except _StopForward:
             pass
@@ -147,6 +168,26 @@ class TargetNetwork:
             for handle in handles:
                 handle.remove()
         return [(path, type(module).__name__, shapes.get(path, "not run")) for path, module in modules]
+
+
+def _joined_outputs(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {layer: torch.cat([part[layer] for part in parts]) for layer in parts[0]}
+
+
+def choose_memory_format(module: nn.Module, device: torch.device, setting: str) -> torch.memory_format:
+    """The layout ``setting`` (``execution.memory_format``) names for ``module`` on ``device``. auto: channels-last
+    for a network with 2-d convolutions on the CPU (faster there, see :mod:`dnd.cpu`) and on CUDA (where
+    mixed-precision convolutions run faster in it), the default layout otherwise."""
+    from dnd.cpu import memory_format
+
+    if setting == "channels_last":
+        return torch.channels_last
+    if setting == "contiguous":
+        return torch.contiguous_format
+    if device.type == "cuda":
+        convolutional = any(isinstance(layer, nn.Conv2d) for layer in module.modules())
+        return torch.channels_last if convolutional else torch.contiguous_format
+    return memory_format(module, device)
 
 
 _GEOMETRIC = ("Resize", "CenterCrop")
@@ -232,15 +273,19 @@ def unknown_layer_message(module: nn.Module, path: str, model_name: str) -> str:
     )
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, gpu: int = 0) -> torch.device:
+    """The device ``device`` (auto, cpu, cuda or cuda:N) names; ``auto`` and a bare ``cuda`` mean GPU ``gpu`` (the
+    process's local rank in a job of several processes)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except RuntimeError:
         raise DnDError(f"device {device!r} is not valid: use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DnDError(f"device {device!r} requested but CUDA is not available here: use device=cpu or auto")
+    if resolved.type == "cuda" and resolved.index is None and gpu:
+        resolved = torch.device("cuda", gpu)
     return resolved
 
 

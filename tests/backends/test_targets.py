@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from dnd.activations import load_activations
 from dnd.backends.targets import (
     TargetNetwork,
+    choose_memory_format,
     load_target,
     resolve_device,
     split_preprocess,
@@ -243,3 +244,19 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(DnDError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_memory_format_is_an_execution_option():
+    conv = TargetNetwork("mixer", ChannelMixer(), to_tensor)
+    assert conv.to("cpu").memory_format == torch.channels_last  # auto: channels-last for convolutions
+    assert conv.to("cpu", "contiguous").memory_format == torch.contiguous_format
+    assert conv.to("cpu", "channels_last").memory_format == torch.channels_last
+    assert conv.module.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    pixels = torch.rand(2, 3, 4, 4)
+    assert conv.place(pixels).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv.capture(pixels, ["head"])["head"], ChannelMixer()(pixels))
+    assert choose_memory_format(conv.module, torch.device("cuda"), "auto") == torch.channels_last
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    assert choose_memory_format(linear, torch.device("cuda"), "auto") == torch.contiguous_format
+    assert choose_memory_format(linear, torch.device("cpu"), "auto") == torch.contiguous_format
+    assert choose_memory_format(conv.module, torch.device("cuda"), "contiguous") == torch.contiguous_format
