@@ -30,7 +30,7 @@ def test_run_record_then_status_is_fresh(cifar_config, tmp_path):
     assert result.exit_code == 0, result.output
     assert "record     64 neurons over 12 images, top-4 each" in result.output
     folders = list((tmp_path / "outputs" / "cli" / "layer3").glob("record-*"))
-    assert len(folders) == 1 and (folders[0] / "activations.safetensors").is_file()
+    assert len(folders) == 1 and list((folders[0] / "activation-shards").glob("part-*.safetensors"))
 
     result = invoke("status", "--config", cifar_config)
     assert result.exit_code == 0, result.output

@@ -1,9 +1,15 @@
 """Stage 1 — record: one batched pass over the probing set, per-neuron summaries, each neuron's top-K images.
 
-Work is split into shards of ``record.shard_size`` images; each finished shard is written (atomically) to the
-stage's partial folder, so a killed run resumes at the first missing shard. Several layers are recorded in the
-same pass. Output: ``activations.safetensors`` (``activations [n_images, n_neurons]``, ``probe_indices
-[n_images]``, see :mod:`dnd.activations`) and a :class:`~dnd.artifacts.TopImages` artifact.
+The pass is cut into shards: a shard is written (atomically, to the stage's partial folder) every
+``record.shard_seconds`` or ``record.shard_size`` images, whichever comes first, so a killed run loses at most that
+much and a later run records only the probe ranges no shard covers. A shard holds its rows in float16 and its own
+top-K per neuron (:mod:`dnd.activations`); the layer's top-K is the merge of the shards', so memory never grows with
+the probing set. Several layers are recorded in the same pass. In a job of several processes the batches are spread
+over them and rank 0 merges the shards.
+
+Output: a :class:`~dnd.artifacts.TopImages` artifact and the shards (``activation-shards/``), which become
+``activations.safetensors`` (``activations [n_images, n_neurons]``, ``probe_indices [n_images]``) when a later step
+first asks for the matrix (:func:`~dnd.activations.load_activations`). Ties in the top-K go to the lower probe index.
 
 A layer stage: one pass gives every neuron of a layer, so ``--neurons`` does not narrow it, and ``--force`` records
 the whole layer again. Its key stays the same, so every later stage keeps its finished neurons.
@@ -11,23 +17,28 @@ the whole layer again. Its key stays the same, so every later stage keeps its fi
 
 from __future__ import annotations
 
-import json
+import itertools
+import os
+import shutil
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from dnd.activations import save_activations
+from dnd.activations import RunningTopK, read_shard_summary, save_shard, shard_path, shard_range, shards_in
 from dnd.artifacts import NeuronTopImages, SkippedImage, TopImages
 from dnd.backends.targets import summarize
 from dnd.data import batch_loader
 from dnd.errors import DnDError
-from dnd.layout import ARTIFACT_FILE
+from dnd.layout import ACTIVATION_SHARDS_FOLDER, ARTIFACT_FILE
 from dnd.progress import track
 from dnd.stages.base import StageContext, StageJob, StageSpec
-from dnd.store import atomic_save_tensors, write_model
+from dnd.store import write_model
+
+#: A planned batch: probe indices ``start`` to ``end`` (exclusive) and the layers that still need them.
+Batch = tuple[int, int, tuple[str, ...]]
 
 
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
@@ -37,127 +48,178 @@ def _extra_inputs(ctx: StageContext) -> dict[str, object]:
 def run(ctx: StageContext, jobs: list[StageJob]) -> None:
     """Record every layer of ``jobs`` in one pass over the probing set and write each layer's stage output."""
     started = time.perf_counter()
-    config, probe = ctx.config, ctx.probe
-    # 1. Plan shards and find, per shard, the layers that still need it (finished shards survive a killed run).
-    bounds = [
-        (s, min(s + config.record.shard_size, len(probe))) for s in range(0, len(probe), config.record.shard_size)
-    ]
+    config, ranks = ctx.config, ctx.ranks
     partial = {job.layer: ctx.store.partial_dir(job.layer, "record", job.key) for job in jobs}
-    missing = {
-        shard: [job.layer for job in jobs if not _shard_path(partial[job.layer], shard).is_file()] for shard in bounds
-    }
-    todo = [shard for shard in bounds if missing[shard]]
-    forward_batches = 0
-    # 2. One batched pass over the missing shards, hooks on all their layers, summaries computed in the hooks.
-    if todo:
-        target = ctx.backends.target
-        batches = [
-            list(range(i, min(i + config.probe.batch_size, end)))
-            for start, end in todo
-            for i in range(start, end, config.probe.batch_size)
-        ]
-        loader = batch_loader(
-            probe, target.preprocess, batches, config.probe.num_workers, pin_memory=target.device.type == "cuda"
-        )
-        shard_of_batch = [shard for shard in todo for _ in range(shard[0], shard[1], config.probe.batch_size)]
-        buffers = {shard: _ShardBuffer(config.record.summary, config.record.tokens) for shard in todo}
-        description = f"record {', '.join(job.layer for job in jobs)}"
-        for shard, batch in track(zip(shard_of_batch, loader, strict=True), description, total=len(batches)):
-            buffer = buffers[shard]
-            buffer.skipped.extend(batch.skipped)
-            if batch.pixels is not None:
-                outputs = target.capture(batch.pixels, missing[shard], buffer.summarize, config.record.autocast)
-                forward_batches += 1
-                buffer.indices.append(batch.indices)
-                for layer, summaries in outputs.items():
-                    buffer.summaries[layer].append(summaries.cpu())
-            buffer.seen += len(batch.indices) + len(batch.skipped)
-            if buffer.seen == shard[1] - shard[0]:
-                for layer in missing[shard]:
-                    buffer.save(_shard_path(partial[layer], shard), layer)
-                del buffers[shard]
-    # 3. Per layer: assemble the shards, pick the top-K images, write the stage folder.
-    for job in jobs:
-        activations, probe_indices, skipped, output_shape = _assemble(partial[job.layer], bounds)
-        artifact = _top_images(job.layer, activations, probe_indices, skipped, output_shape, ctx)
-        with ctx.store.writing(job.layer, "record", job.key) as out:
-            save_activations(out, activations, probe_indices)
-            write_model(out / ARTIFACT_FILE, artifact)
-            ctx.write_manifest(
-                out,
-                job,
-                time.perf_counter() - started,
-                {"forward_batches": forward_batches, "images": len(probe), "skipped_images": len(skipped)},
-            )
+    # 1. Rank 0 plans: the probe ranges some layer has no shard for (a killed run's shards stay), cut into batches.
+    plan = ranks.agree(lambda: _missing_batches(partial, len(ctx.probe), config.probe.batch_size))
+    # 2. Each process records its share of the batches, writing a shard every shard_seconds / shard_size images.
+    counts = _record(ctx, ranks.share(plan.batches), partial)
+    counts = ranks.sum_counts({**counts, "shards_resumed": plan.resumed if ranks.is_main else 0})
+    # 3. Rank 0, per layer: merge the shards' top-K, write the stage folder with the shards in it.
+    if ranks.is_main:
+        for job in jobs:
+            _write_layer(ctx, job, partial[job.layer], counts, time.perf_counter() - started)
 
 
-class _ShardBuffer:
-    """Summaries of one shard while its batches arrive."""
+@dataclass
+class _Plan:
+    batches: list[Batch]
+    resumed: int  # shards found from an earlier, killed run
 
-    def __init__(self, summary: str, tokens: str) -> None:
-        self.summary, self.tokens = summary, tokens
-        self.indices: list[torch.Tensor] = []
-        self.summaries: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self.skipped: list[tuple[int, str]] = []
-        self.output_shapes: dict[str, list[int]] = {}
-        self.seen = 0
+
+def _missing_batches(partial: dict[str, Path], n_images: int, batch_size: int) -> _Plan:
+    """Batches over the probe indices some layer lacks: ranges cut wherever the set of layers needing them changes,
+    then into ``batch_size`` images."""
+    covered = {layer: [shard_range(path) for path in shards_in(folder)] for layer, folder in partial.items()}
+    bounds = sorted({0, n_images, *(i for ranges in covered.values() for r in ranges for i in r)})
+    pieces: list[list] = []
+    for start, end in itertools.pairwise(bounds):
+        layers = tuple(layer for layer, ranges in covered.items() if not any(a <= start < b for a, b in ranges))
+        if not layers:
+            continue
+        if pieces and pieces[-1][1] == start and pieces[-1][2] == layers:
+            pieces[-1][1] = end
+        else:
+            pieces.append([start, end, layers])
+    batches = [
+        (first, min(first + batch_size, end), layers)
+        for start, end, layers in pieces
+        for first in range(start, end, batch_size)
+    ]
+    return _Plan(batches, sum(len(ranges) for ranges in covered.values()))
+
+
+def _record(ctx: StageContext, batches: list[Batch], partial: dict[str, Path]) -> dict[str, int]:
+    """Run ``batches`` through the target network, summarise every layer that needs them and write the shards."""
+    counts = {"forward_batches": 0, "images_recorded": 0, "shards_written": 0}
+    if not batches:
+        return counts
+    config, target = ctx.config, ctx.backends.target
+    loader = batch_loader(
+        ctx.probe,
+        target.preprocess,
+        [list(range(start, end)) for start, end, _ in batches],
+        config.probe.num_workers,
+        pin_memory=target.device.type == "cuda",
+    )
+    shard: _Shard | None = None
+    description = f"record {', '.join(partial)}"
+    for (start, end, layers), batch in track(zip(batches, loader, strict=True), description, total=len(batches)):
+        too_big = shard is not None and end - shard.start > config.record.shard_size
+        if shard is not None and (shard.end != start or shard.layers != layers or too_big):
+            counts["shards_written"] += shard.save(partial, config.record.top_k)
+            shard = None
+        shard = shard or _Shard(start, start, layers, config.record.summary, config.record.tokens)
+        shard.skipped.extend(batch.skipped)
+        if batch.pixels is not None:
+            outputs = target.capture(batch.pixels, list(layers), shard.summarize, config.record.autocast)
+            counts["forward_batches"] += 1
+            shard.indices.append(batch.indices)
+            for layer, summaries in outputs.items():
+                shard.summaries[layer].append(summaries.cpu())
+        shard.end = end
+        counts["images_recorded"] += end - start
+        if shard.age() >= config.record.shard_seconds:
+            counts["shards_written"] += shard.save(partial, config.record.top_k)
+            shard = None
+    if shard is not None:
+        counts["shards_written"] += shard.save(partial, config.record.top_k)
+    return counts
+
+
+@dataclass
+class _Shard:
+    """Summaries of consecutive batches over probe indices ``start`` to ``end`` while they arrive."""
+
+    start: int
+    end: int
+    layers: tuple[str, ...]
+    summary: str = "mean"
+    tokens: str = "cls"
+    indices: list[torch.Tensor] = field(default_factory=list)
+    summaries: dict[str, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    output_shapes: dict[str, list[int]] = field(default_factory=dict)
+    began: float = field(default_factory=time.perf_counter)
 
     def summarize(self, layer: str, output: torch.Tensor) -> torch.Tensor:
         """Hook-side reducer: remembers the layer's per-image output shape, returns ``[B, n_neurons]``."""
         self.output_shapes.setdefault(layer, list(output.shape[1:]))
         return summarize(output, self.summary, self.tokens)
 
-    def save(self, path: Path, layer: str) -> None:
-        """Write this shard's rows for ``layer`` (atomically: temp file, then rename)."""
-        empty = torch.empty(0, 0)
-        tensors = {
-            "activations": torch.cat(self.summaries[layer]) if self.summaries[layer] else empty,
-            "probe_indices": torch.cat(self.indices) if self.indices else torch.empty(0, dtype=torch.long),
-        }
-        metadata = {
-            "skipped": json.dumps(self.skipped),
-            "output_shape": json.dumps(self.output_shapes.get(layer, [])),
-        }
-        atomic_save_tensors(path, tensors, metadata)
+    def age(self) -> float:
+        return time.perf_counter() - self.began
+
+    def save(self, partial: dict[str, Path], top_k: int) -> int:
+        """Write this shard of every layer it holds; returns the number of files written."""
+        indices = torch.cat(self.indices) if self.indices else torch.empty(0, dtype=torch.long)
+        for layer in self.layers:
+            summaries = torch.cat(self.summaries[layer]) if self.summaries[layer] else torch.empty(0, 0)
+            path = shard_path(partial[layer], self.start, self.end)
+            save_shard(path, summaries, indices, self.skipped, self.output_shapes.get(layer, []), top_k)
+        return len(self.layers)
 
 
-def _shard_path(partial: Path, shard: tuple[int, int]) -> Path:
-    return partial / f"shard-{shard[0]:09d}-{shard[1]:09d}.safetensors"
-
-
-def _assemble(
-    partial: Path, bounds: list[tuple[int, int]]
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]], list[int]]:
-    """Concatenate a layer's shards: ``(activations [n, C], probe_indices [n], skipped, output_shape)``."""
-    activations, indices, skipped, output_shape = [], [], [], []
-    for shard in bounds:
-        path = _shard_path(partial, shard)
-        with safe_open(str(path), "pt") as shard_file:
-            tensors = {name: shard_file.get_tensor(name) for name in shard_file.keys()}  # noqa: SIM118
-            metadata = shard_file.metadata()
-        skipped.extend((int(i), reason) for i, reason in json.loads(metadata["skipped"]))
-        output_shape = json.loads(metadata["output_shape"]) or output_shape
-        if tensors["probe_indices"].numel():
-            activations.append(tensors["activations"])
-            indices.append(tensors["probe_indices"])
-    if not activations:
+def _write_layer(ctx: StageContext, job: StageJob, partial: Path, counts: dict[str, int], seconds: float) -> None:
+    """Merge ``job.layer``'s shards into its top images and write its stage folder, the shards inside it."""
+    shards = shards_in(partial)
+    _check_tiling(shards, len(ctx.probe), partial)
+    top = RunningTopK(ctx.config.record.top_k)
+    indices, skipped, output_shape = [], [], []
+    for shard in shards:
+        summary = read_shard_summary(shard)
+        skipped.extend(summary.skipped)
+        output_shape = summary.output_shape or output_shape
+        if summary.probe_indices.numel():
+            indices.append(summary.probe_indices)
+            top.add(summary.top_values, summary.top_indices)
+    if top.values is None or top.indices is None:
         raise DnDError(f"no readable image in the probing set ({len(skipped)} unreadable): nothing to record")
-    return torch.cat(activations), torch.cat(indices), skipped, output_shape
+    probe_indices = torch.cat(indices)
+    rows = torch.searchsorted(probe_indices, top.indices)  # probe indices ascend with rows
+    artifact = _top_images(job.layer, top.values, rows, probe_indices, skipped, output_shape, ctx)
+    with ctx.store.writing(job.layer, "record", job.key) as out:
+        (out / ACTIVATION_SHARDS_FOLDER).mkdir()
+        for shard in shards:
+            _link_or_copy(shard, out / ACTIVATION_SHARDS_FOLDER / shard.name)
+        write_model(out / ARTIFACT_FILE, artifact)
+        layer_counts = {**counts, "images": len(ctx.probe), "skipped_images": len(skipped)}
+        ctx.write_manifest(out, job, seconds, layer_counts)
+
+
+def _check_tiling(shards: list[Path], n_images: int, partial: Path) -> None:
+    """The shards must cover the probing set exactly once, in order."""
+    expected = 0
+    for shard in shards:
+        start, end = shard_range(shard)
+        if start != expected:
+            raise RuntimeError(f"shards in {partial} do not tile the probing set: {shard.name} after index {expected}")
+        expected = end
+    if expected != n_images:
+        raise RuntimeError(f"shards in {partial} end at probe index {expected}, not {n_images}")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (instant; the shard stays in the partial folder until the stage folder is in place), or a copy
+    where the filesystem has none."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _top_images(
     layer: str,
-    activations: torch.Tensor,
+    values: torch.Tensor,
+    rows: torch.Tensor,
     probe_indices: torch.Tensor,
     skipped: list[tuple[int, str]],
     output_shape: list[int],
     ctx: StageContext,
 ) -> TopImages:
-    """Each neuron's top-K rows of ``activations [n_images, n_neurons]``, highest first."""
+    """The artifact from each neuron's top-K ``values [k, n_neurons]`` at matrix ``rows [k, n_neurons]``."""
     ids = ctx.probe.ids
     row_ids = [ids[i] for i in probe_indices.tolist()]
-    k = min(ctx.config.record.top_k, activations.shape[0])
-    values, rows = torch.topk(activations, k, dim=0)  # [k, n_neurons] each
     neurons = [
         NeuronTopImages(
             neuron=n,
@@ -165,12 +227,12 @@ def _top_images(
             image_ids=[row_ids[r] for r in rows[:, n].tolist()],
             activations=values[:, n].tolist(),
         )
-        for n in range(activations.shape[1])
+        for n in range(values.shape[1])
     ]
     return TopImages(
         layer=layer,
-        n_neurons=activations.shape[1],
-        n_images=activations.shape[0],
+        n_neurons=values.shape[1],
+        n_images=len(row_ids),
         output_shape=output_shape,
         summary=ctx.config.record.summary,
         tokens=ctx.config.record.tokens,
