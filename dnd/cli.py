@@ -87,15 +87,17 @@ def describe(
     HTML report.
 
     Example: dnd describe --config configs/offline.yaml --layer blocks.10 --neurons 0-15
+    On 8 GPUs: torchrun --nproc_per_node 8 -m dnd describe --config configs/resnet50_imagenet.yaml --layer layer3
     """
     with _user_errors():
         run_config, pipeline = _setup(config, set_)
         layers = _layers(run_config, layer)
         chosen = parse_neurons(neurons)
         pipeline.describe(layers, chosen, force=force)
-        _print_outputs(pipeline, layers, run_config.stop_after or list(pipeline.stages)[-1], chosen)
-        if report:
-            _write_reports(pipeline, layers)
+        if pipeline.ranks.is_main:  # one report per job, however many processes it has
+            _print_outputs(pipeline, layers, run_config.stop_after or list(pipeline.stages)[-1], chosen)
+            if report:
+                _write_reports(pipeline, layers)
 
 
 @app.command("report")
@@ -162,7 +164,8 @@ def run_stage(
         layers = _layers(run_config, layer)
         chosen = parse_neurons(neurons)
         pipeline.run_until(stage, layers, chosen, force_stages={stage} if force else set())
-        _print_outputs(pipeline, layers, stage, chosen)
+        if pipeline.ranks.is_main:
+            _print_outputs(pipeline, layers, stage, chosen)
 
 
 @app.command()

@@ -8,6 +8,7 @@ whatever file or crop they came from, so an image shared by several neurons is c
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -15,9 +16,10 @@ from PIL import Image
 from dnd.data import UnreadableImage
 
 if TYPE_CHECKING:
-    from dnd.artifacts import CropBox, ExemplarImage
+    from dnd.artifacts import CropBox, ExemplarImage, NeuronExemplars
     from dnd.backends.targets import TargetNetwork
     from dnd.data import ProbeSet
+    from dnd.distributed import Ranks
 
 #: How a crop is resized back to the view size (smooth upsampling of a small region for network and captioner).
 CROP_RESAMPLE = Image.Resampling.BICUBIC
@@ -76,3 +78,33 @@ class ExemplarPixels:
             raise
         self._last = (identity, image)
         return image
+
+
+@dataclass
+class ExemplarHashes:
+    """The :func:`pixel_hash` of each exemplar of a neuron, or, if any of its images cannot be read, which ones."""
+
+    hashes: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # "<image id> (<error>)" of each unreadable exemplar
+
+
+def hash_exemplars(
+    pixels: ExemplarPixels, entries: list[NeuronExemplars], ranks: Ranks, description: str
+) -> list[ExemplarHashes]:
+    """The pixel hashes of every entry's exemplars, in order; each process of a job renders its share of the entries
+    (rendering decodes images, the slow part) and all get every result."""
+    from dnd.progress import track
+
+    def hash_share(mine: list[NeuronExemplars]) -> list[ExemplarHashes]:
+        results = []
+        for entry in track(mine, description):
+            result = ExemplarHashes()
+            for exemplar in entry.exemplars:
+                try:
+                    result.hashes.append(pixels.hash(exemplar))
+                except UnreadableImage as exc:
+                    result.lost.append(f"{exemplar.image_id} ({exc})")
+            results.append(result)
+        return results
+
+    return ranks.map(entries, hash_share)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dnd import layout
 from dnd.backends.generators import GenerationRequest
 from dnd.exemplars import pixel_hash
+from dnd.halving import fitting, joined_lists
 from dnd.progress import track
 from dnd.store import atomic_write_bytes, content_key
 
@@ -132,15 +133,16 @@ def generate_missing(
     """Generate the ``requests`` whose key ``store`` lacks, ``batch_size`` at a time, storing each batch as it
     returns (a killed run keeps every finished batch); return ``(images generated, generator calls)``.
 
-    Batches may mix prompts. The generator (``backends.generator``) is built only if an image is missing. A request
-    the generator has no image for (retrieval with nothing more to give) is stored as such, so it is not asked again.
+    Batches may mix prompts, and are halved if they run out of GPU memory. The generator (``backends.generator``) is
+    built only if an image is missing. A request the generator has no image for (retrieval with nothing more to give)
+    is stored as such, so it is not asked again.
     """
     missing = [key for key in requests if not store.has(key)]
     batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
     if batches:
         generator = backends.generator
         for batch in track(batches, description):
-            images = generator.generate([requests[key] for key in batch])
+            images = fitting("generator").run(generator.generate, [requests[key] for key in batch], joined_lists)
             if len(images) != len(batch):
                 raise RuntimeError(
                     f"generator {generator.name} returned {len(images)} images for {len(batch)} requests"

@@ -12,13 +12,21 @@ A stage is one of two kinds:
 
 The pipeline (:mod:`dnd.pipeline`) decides which stages and neurons are due and hands them over as
 :class:`StageJob` s; this module never decides what is stale.
+
+In a job of several processes (:mod:`dnd.distributed`) every process runs the same stage: ``compute`` spreads its
+unique work items over them with ``ctx.ranks`` (each process then returns the whole artifact, which is the same in
+all), the backend-call counts of all processes are added up, rank 0 alone writes the stage folder, and every stage
+ends at a barrier. A stage with ``neuron_batch`` is computed in batches of neurons, each kept in the stage's progress
+folder as it finishes, so a killed run redoes at most one batch per process, and the batches are what is spread.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 import typing
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,9 +40,18 @@ from dnd.artifacts import NeuronResult, PerNeuronArtifact
 from dnd.backends import Backends
 from dnd.config import RunConfig
 from dnd.data import ProbeSet, open_probe
+from dnd.distributed import Ranks
 from dnd.errors import DnDError
 from dnd.layout import ARTIFACT_FILE, MANIFEST_FILE
-from dnd.store import ItemCache, StageStore, atomic_write_text, canonical_json, read_model, write_model
+from dnd.store import (
+    ItemCache,
+    StageStore,
+    atomic_write_text,
+    canonical_json,
+    content_key,
+    read_model,
+    write_model,
+)
 
 ArtifactT = TypeVar("ArtifactT", bound=BaseModel)
 
@@ -75,6 +92,9 @@ class StageSpec:
     #: Refreshes files beside the run (e.g. CSV exports) from this stage's output, fresh or cached, whenever a run
     #: ends at this stage, so they always match the config that ran last.
     publish: Callable[[StageContext, str, BaseModel], None] | None = None
+    #: Per-neuron stages whose unit of work is a batch of neurons: the batch size (an execution detail) from the
+    #: config. Each batch's entries are kept as soon as it finishes, and batches are spread over processes.
+    neuron_batch: Callable[[RunConfig], int] | None = None
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.compute is None):
@@ -118,12 +138,20 @@ class NeuronWork:
     """What a per-neuron stage computes for one layer: ``neurons`` (sorted), each usable in every upstream stage.
 
     ``upstream[stage]`` is a needed stage's whole artifact and ``entries[stage][neuron]`` a neuron's usable entry in it.
+    ``progress`` is where the stage may keep resumable work in progress (a folder of this stage and key, created by
+    whoever writes to it, removed once the stage's folder is written).
     """
 
     layer: str
     neurons: list[int]
     upstream: dict[str, BaseModel]
     entries: dict[str, dict[int, Any]]
+    progress: Path | None = None
+
+    def subset(self, neurons: list[int]) -> NeuronWork:
+        """The same work for ``neurons`` only (each one of ``self.neurons``)."""
+        entries = {stage: {n: by_neuron[n] for n in neurons} for stage, by_neuron in self.entries.items()}
+        return NeuronWork(self.layer, neurons, self.upstream, entries, self.progress)
 
     def artifact(self, stage: str, artifact_type: type[ArtifactT]) -> ArtifactT:
         """The artifact of needed stage ``stage``, checked to be an ``artifact_type``."""
@@ -134,13 +162,17 @@ class NeuronWork:
 
 
 class StageContext:
-    """What a running stage may use: the config, the backends, the store and the probing set."""
+    """What a running stage may use: the config, the backends, the store, the probing set and the job's processes
+    (``ranks``: one process unless the pipeline runs under a launcher)."""
 
-    def __init__(self, config: RunConfig, backends: Backends, store: StageStore, prompts_dir: Path):
+    def __init__(
+        self, config: RunConfig, backends: Backends, store: StageStore, prompts_dir: Path, ranks: Ranks | None = None
+    ):
         self.config = config
         self.backends = backends
         self.store = store
         self.prompts_dir = prompts_dir
+        self.ranks = ranks or Ranks()
 
     @cached_property
     def probe(self) -> ProbeSet:
@@ -172,12 +204,14 @@ class StageContext:
 
 def run_stage(spec: StageSpec, ctx: StageContext, jobs: list[StageJob]) -> None:
     """Compute ``jobs`` (one per layer) of ``spec``: a layer stage runs them all at once (stage 1 records every layer
-    in one pass), a per-neuron stage runs each layer's neurons through :func:`run_neurons`."""
+    in one pass), a per-neuron stage runs each layer's neurons through :func:`run_neurons`. Every process of a job
+    calls this with the same jobs; it returns once the stage's folders are written."""
     if spec.run is not None:
         spec.run(ctx, jobs)
-        return
-    for job in jobs:
-        run_neurons(spec, ctx, job)
+    else:
+        for job in jobs:
+            run_neurons(spec, ctx, job)
+    ctx.ranks.barrier()
 
 
 def run_neurons(spec: StageSpec, ctx: StageContext, job: StageJob) -> None:
@@ -190,8 +224,12 @@ def run_neurons(spec: StageSpec, ctx: StageContext, job: StageJob) -> None:
     started = time.perf_counter()
     # 1. The neurons' entries upstream; those that failed or lack what this stage needs stop here with the reason.
     work, failed = read_upstream(spec, job)
-    # 2. The stage computes the usable ones.
-    artifact, counts = spec.compute(ctx, work)
+    work.progress = layout.partial_dir(ctx.store.root, job.layer, spec.name, job.key)
+    # 2. The stage computes the usable ones (in batches of neurons kept as they finish, if it works that way).
+    if spec.neuron_batch is not None and work.neurons:
+        artifact, counts = _compute_in_neuron_batches(spec, ctx, work, spec.neuron_batch(ctx.config))
+    else:
+        artifact, counts = spec.compute(ctx, work)
     computed = artifact.done()
     if computed != set(work.neurons):
         raise RuntimeError(
@@ -203,13 +241,71 @@ def run_neurons(spec: StageSpec, ctx: StageContext, job: StageJob) -> None:
         [*artifact.neurons, *(entry_type(neuron=n, failed=reason) for n, reason in failed.items())],
         key=lambda entry: entry.neuron,
     )
-    counts = {**counts, "failed_neurons": sum(entry.failed is not None for entry in artifact.neurons)}
+    # Every process has finished (and read its progress files) once the counts are added up.
+    counts = {**ctx.ranks.sum_counts(counts), "failed_neurons": sum(e.failed is not None for e in artifact.neurons)}
+    if not ctx.ranks.is_main:
+        return
     if ctx.store.is_complete(job.layer, spec.name, job.key):  # read now, so that each piece of split work adds up
         artifact = artifact.merged_over(ctx.store.load(job.layer, spec.name, job.key, spec.artifact))
     # 4. One stage folder, written atomically.
     with ctx.store.writing(job.layer, spec.name, job.key) as out:
         write_model(out / ARTIFACT_FILE, artifact)
         ctx.write_manifest(out, job, time.perf_counter() - started, counts)
+
+
+def _compute_in_neuron_batches(
+    spec: StageSpec, ctx: StageContext, work: NeuronWork, size: int
+) -> tuple[PerNeuronArtifact, dict[str, int]]:
+    """``spec.compute`` on ``work`` a batch of ``size`` neurons at a time, each batch's entries written to
+    ``work.progress`` as it finishes; batches found there (a killed run's) are read instead of computed, and the
+    batches still to compute are spread over the job's processes. Returns the artifact of all of ``work.neurons``
+    and the counts of the batches this process computed (``neuron_batches``; ``neuron_batches_resumed`` on rank 0)."""
+    assert spec.compute is not None and work.progress is not None
+    progress = work.progress
+    # 1. Rank 0 reads which neurons a killed run finished; the others are cut into batches.
+    finished = ctx.ranks.agree(lambda: _finished_batches(progress, work.neurons))
+    held = {neuron for neurons in finished.values() for neuron in neurons}
+    pending = [neuron for neuron in work.neurons if neuron not in held]
+    batches = [pending[i : i + size] for i in range(0, len(pending), size)]
+    # 2. Each process computes its share, keeping each batch the moment it is done.
+    counts: Counter[str] = Counter()
+    for batch in ctx.ranks.share(batches):
+        artifact, batch_counts = spec.compute(ctx, work.subset(batch))
+        record = {"neurons": batch, "artifact": artifact.model_dump(mode="json")}
+        atomic_write_text(_batch_file(progress, batch), canonical_json(record))
+        counts.update(batch_counts)
+        counts["neuron_batches"] += 1
+    ctx.ranks.barrier()
+    # 3. Every process reads every batch of this work, the resumed ones first.
+    files = [progress / name for name in finished] + [_batch_file(progress, batch) for batch in batches]
+    merged: PerNeuronArtifact | None = None
+    for path in files:
+        part = spec.artifact.model_validate(json.loads(path.read_text())["artifact"])
+        assert isinstance(part, PerNeuronArtifact)
+        merged = part if merged is None else part.merged_over(merged)
+    assert merged is not None
+    wanted = set(work.neurons)
+    merged = merged.model_copy(update={"neurons": [entry for entry in merged.neurons if entry.neuron in wanted]})
+    resumed = len(finished) if ctx.ranks.is_main else 0
+    return merged, {"neuron_batches": 0, **counts, "neuron_batches_resumed": resumed}
+
+
+_BATCH_PREFIX = "neurons-"
+
+
+def _batch_file(progress: Path, neurons: list[int]) -> Path:
+    return progress / f"{_BATCH_PREFIX}{neurons[0]}-{neurons[-1]}-{content_key(neurons)}.json"
+
+
+def _finished_batches(progress: Path, neurons: list[int]) -> dict[str, list[int]]:
+    """The batch files in ``progress`` with an entry for any of ``neurons``: file name -> the neurons it holds."""
+    wanted = set(neurons)
+    found = {}
+    for path in sorted(progress.glob(f"{_BATCH_PREFIX}*.json")) if progress.is_dir() else []:
+        held = json.loads(path.read_text())["neurons"]
+        if wanted.intersection(held):
+            found[path.name] = held
+    return found
 
 
 def read_upstream(spec: StageSpec, job: StageJob) -> tuple[NeuronWork, dict[int, str]]:

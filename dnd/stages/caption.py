@@ -5,7 +5,8 @@ of their pixels, so an image shared by several neurons (or layers, or runs) is c
 live in the item cache ``captions`` under ``content_key({"captioner": name, "image": pixel hash})``
 (:func:`dnd.backends.captioners.caption_key`; the retrieval generator captions its pool into the same cache); each
 batch is stored as soon as it is captioned, so a killed run keeps every finished batch. The captioner is loaded only
-when an image is missing from the cache.
+when an image is missing from the cache. In a job of several processes, each renders its share of the neurons'
+exemplars and captions its share of the unique images.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from PIL import Image
 
 from dnd.artifacts import Caption, Captions, ExemplarImage, NeuronCaptions, NeuronExemplars
 from dnd.backends.captioners import CAPTION_CACHE, caption_key
-from dnd.data import UnreadableImage
-from dnd.exemplars import ExemplarPixels
+from dnd.exemplars import ExemplarHashes, ExemplarPixels, hash_exemplars
+from dnd.halving import fitting, joined_lists
 from dnd.progress import track
 from dnd.stages.base import NeuronWork, StageContext, StageSpec
 
@@ -27,32 +28,38 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Captions, dict[str, in
     # 1. The neurons' exemplars, from stage 2.
     entries = [work.entries["crop"][neuron] for neuron in work.neurons]
     # 2. Render every exemplar once and key it by its pixels and the captioner.
-    images = _ImageKeys(ExemplarPixels(ctx.probe, ctx.backends.target), name)
-    for entry in track(entries, f"caption {work.layer}: read exemplars"):
-        images.add(entry)
-    # 3. Captions already in the cache; the remaining unique images are still to caption.
-    captions = {key: text for key in images.sources if (text := cache.get(key)) is not None}
-    missing = [key for key in images.sources if key not in captions]
-    # 4. Caption the missing images in batches, storing each batch the moment it exists.
+    pixels = ExemplarPixels(ctx.probe, ctx.backends.target)
+    images = _ImageKeys(pixels, name)
+    hashes = hash_exemplars(pixels, entries, ctx.ranks, f"caption {work.layer}: read exemplars")
+    for entry, hashed in zip(entries, hashes, strict=True):
+        images.add(entry, hashed)
+    # 3-4. Each process captions its share of the unique images: from the cache, or in batches with the captioner,
+    #      each batch stored the moment it exists.
+    counts = {"unique_images": 0, "captioned": 0, "cache_hits": 0, "captioner_calls": 0}
     batch_size = ctx.config.caption.batch_size
-    batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
-    if batches:
-        captioner = ctx.backends.captioner  # built only now: a fully cached run never loads the model
-        for batch in track(batches, f"caption {work.layer}"):
-            texts = captioner.caption([images.render(key) for key in batch])
-            if len(texts) != len(batch):
-                raise RuntimeError(f"captioner {name} returned {len(texts)} captions for {len(batch)} images")
-            for key, text in zip(batch, texts, strict=True):
-                cache.put(key, text)
-                captions[key] = text
+
+    def caption_share(keys: list[str]) -> list[str]:
+        texts = {key: text for key in keys if (text := cache.get(key)) is not None}
+        missing = [key for key in keys if key not in texts]
+        batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
+        if batches:
+            captioner = ctx.backends.captioner  # built only now: a fully cached run never loads the model
+            for batch in track(batches, f"caption {work.layer}"):
+                rendered = [images.render(key) for key in batch]
+                captioned = fitting("captioner").run(captioner.caption, rendered, joined_lists)
+                if len(captioned) != len(batch):
+                    raise RuntimeError(f"captioner {name} returned {len(captioned)} captions for {len(batch)} images")
+                for key, text in zip(batch, captioned, strict=True):
+                    cache.put(key, text)
+                    texts[key] = text
+        counts.update(unique_images=len(keys), captioned=len(missing), captioner_calls=len(batches))
+        counts["cache_hits"] = len(keys) - len(missing)
+        return [texts[key] for key in keys]
+
+    unique = list(images.sources)
+    captions = dict(zip(unique, ctx.ranks.map(unique, caption_share), strict=True))
     # 5. Each neuron's captions in exemplar order; a neuron with an unreadable exemplar carries the reason.
     neurons = [images.neuron_captions(entry, captions) for entry in entries]
-    counts = {
-        "unique_images": len(images.sources),
-        "captioned": len(missing),
-        "cache_hits": len(images.sources) - len(missing),
-        "captioner_calls": len(batches),
-    }
     return Captions(layer=work.layer, captioner=name, neurons=neurons), counts
 
 
@@ -70,20 +77,15 @@ class _ImageKeys:
         self.keys: dict[int, list[str]] = {}  # neuron -> cache key of each of its exemplars
         self.failed: dict[int, str] = {}  # neuron -> why it has no captions
 
-    def add(self, entry: NeuronExemplars) -> None:
-        """Key ``entry``'s exemplars, or record why the neuron cannot be captioned."""
-        keys, lost = [], []
-        for exemplar in entry.exemplars:
-            try:
-                keys.append(caption_key(self.captioner, self.pixels.hash(exemplar)))
-            except UnreadableImage as exc:
-                lost.append(f"{exemplar.image_id} ({exc})")
-        if lost:
+    def add(self, entry: NeuronExemplars, hashed: ExemplarHashes) -> None:
+        """Key ``entry``'s exemplars by their pixel hashes, or record why the neuron cannot be captioned."""
+        if hashed.lost:
             self.failed[entry.neuron] = (
-                f"exemplar image(s) unreadable since stage 2 read them: {', '.join(lost)}; restore them and run "
+                f"exemplar image(s) unreadable since stage 2 read them: {', '.join(hashed.lost)}; restore them and run "
                 f"`dnd run caption --force`"
             )
             return
+        keys = [caption_key(self.captioner, digest) for digest in hashed.hashes]
         self.keys[entry.neuron] = keys
         for key, exemplar in zip(keys, entry.exemplars, strict=True):
             self.sources.setdefault(key, exemplar)

@@ -6,6 +6,9 @@ boxes (:func:`attention_boxes`); every crop, resized back to the network's input
 in batches that mix all neurons and summarised like stage 1; originals and crops are ranked by the neuron's
 activation and the best ``crop.exemplars`` kept. Layers without spatial maps (linear outputs, transformer tokens)
 keep their top images. Boxes are in the pixel coordinates of the network's view of an image (``target.view``).
+
+The kernel runs this ``crop.neurons_per_batch`` neurons at a time and keeps each batch as it finishes (so a killed run
+redoes at most one batch); the batches are the work spread over the processes of a job.
 """
 
 from __future__ import annotations
@@ -217,4 +220,5 @@ SPEC = StageSpec(
     config_sections=("crop",),
     artifact=Exemplars,
     compute=compute,
+    neuron_batch=lambda config: config.crop.neurons_per_batch,
 )

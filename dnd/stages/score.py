@@ -13,6 +13,10 @@ interpretability score) are in :mod:`dnd.scoring`; this module gathers their inp
   missing, and CLIP is loaded only then. With ``score.image_embedder: classifier`` (offline) the images are embedded
   by the classifier's pooled features and the texts by MiniLM instead, under keys that name those models.
 
+The target network's summaries are kept batch by batch in the stage's progress folder until the stage is written, so
+a killed run redoes at most one batch. In a job of several processes, each runs its share of the target-network
+batches, renders its share of the exemplars and embeds its share of the missing images and texts.
+
 Whenever a run ends at this stage (computed or cached), the layer's exports ``descriptions.csv`` and
 ``final_results.csv`` (:mod:`dnd.export`) are rewritten in the layer's folder of the run (:mod:`dnd.layout`), so they
 always match the config that ran last. The manifest counts the
@@ -37,14 +41,15 @@ from dnd.artifacts import (
     NeuronLabels,
 )
 from dnd.config import ScoreConfig
-from dnd.data import UnreadableImage, open_rgb
-from dnd.exemplars import ExemplarPixels
+from dnd.data import open_rgb
+from dnd.exemplars import ExemplarPixels, hash_exemplars
 from dnd.export import write_exports
+from dnd.halving import fitting, joined_tensors
 from dnd.image_store import ImageStore, image_store
 from dnd.progress import track
 from dnd.scoring import RankedImages, label_neuron, rank_pool
 from dnd.stages.base import NeuronWork, Requirement, StageContext, StageSpec
-from dnd.store import ItemCache, content_key
+from dnd.store import content_key
 
 IMAGE_CACHE = "clip-images"
 TEXT_CACHE = "clip-texts"
@@ -73,6 +78,8 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Labels, dict[str, int]
             settings.batch_size,
             ctx.config.probe.num_workers,
             f"score {work.layer}: target network",
+            progress=work.progress,
+            ranks=ctx.ranks,
         )
     # 3. Each neuron's pool ranked by its activations; a neuron with an unreadable generated image fails.
     for neuron, candidate in list(scorable.items()):
@@ -85,27 +92,30 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Labels, dict[str, int]
             candidate.ranked = rank_pool(concept_images, activations.of(neuron, concept_images))
     # 4. CLIP embeddings of the exemplars, of the generated images in some neuron's top pool, of the concepts.
     clip = _ClipInputs(ctx, store)
-    for neuron, candidate in track(list(scorable.items()), f"score {work.layer}: exemplars"):
-        try:
-            candidate.exemplar_keys = [clip.add_exemplar(exemplar) for exemplar in candidate.chosen.exemplars]
-        except UnreadableImage as exc:
+    entries = [candidate.chosen for candidate in scorable.values()]
+    hashes = hash_exemplars(clip.exemplars, entries, ctx.ranks, f"score {work.layer}: exemplars")
+    for (neuron, candidate), hashed in zip(list(scorable.items()), hashes, strict=True):
+        if hashed.lost:
             failed[neuron] = (
-                f"an exemplar image is unreadable since stage 2 read it ({exc}); restore it and run "
+                f"an exemplar image is unreadable since stage 2 read it: {hashed.lost[0]}; restore it and run "
                 f"`dnd run score --force`"
             )
             del scorable[neuron]
-    top = dict.fromkeys(i for candidate in scorable.values() for i in candidate.top_images(settings.top_pool))
-    for image_id in track(list(top), f"score {work.layer}: generated images"):
-        clip.add_generated(image_id)
+            continue
+        pairs = zip(candidate.chosen.exemplars, hashed.hashes, strict=True)
+        candidate.exemplar_keys = [clip.add_exemplar(exemplar, digest) for exemplar, digest in pairs]
+    for candidate in scorable.values():
+        for image_id in candidate.top_images(settings.top_pool):
+            clip.add_generated(image_id)
     for candidate in scorable.values():
         for concept in candidate.concepts():
             clip.add_text(concept)
-    clip.flush()
+    clip.flush(f"score {work.layer}: embed")
     # 5. Score every neuron with dnd.scoring; the failed ones keep their reason.
     neurons = [NeuronLabels(neuron=neuron, failed=reason) for neuron, reason in failed.items()]
     neurons += [candidate.label(clip, settings) for candidate in scorable.values()]
     counts = {
-        "generated_images": len(unique),
+        "generated_images": len(unique) if ctx.ranks.is_main else 0,  # counts are added up over the processes
         "target_passes": int(activations.batches > 0),
         "target_batches": activations.batches,
         **clip.counts(),
@@ -157,38 +167,48 @@ def _lost_generated(store: ImageStore, lost: list[str], errors: dict[str, str]) 
 
 class _CachedEmbeddings:
     """Embeddings under content keys: read from an item cache, or computed by ``embed`` (lists in, ``[n, d]`` out)
-    in batches of ``batch_size`` and stored batch by batch, so a killed run keeps every finished batch."""
+    in batches of ``batch_size`` and stored batch by batch, so a killed run keeps every finished batch.
 
-    def __init__(self, cache: ItemCache, embed: Callable[[list[Any]], torch.Tensor], batch_size: int):
-        self.cache, self.embed, self.batch_size = cache, embed, batch_size
+    Keys are registered with :meth:`add` (in the same order in every process of a job); :meth:`flush` has each process
+    read or embed its share of them, then reads the others' from the cache."""
+
+    def __init__(self, ctx: StageContext, namespace: str, embed: Callable[[list[Any]], torch.Tensor], what: str):
+        self.ranks, self.cache, self.embed, self.what = ctx.ranks, ctx.cache(namespace), embed, what
+        self.batch_size = ctx.config.score.batch_size
         self.vectors: dict[str, torch.Tensor] = {}
-        self.pending: dict[str, Any] = {}
+        self.pending: dict[str, Callable[[], Any]] = {}
         self.computed = self.hits = self.calls = 0
 
     def add(self, key: str, item: Callable[[], Any]) -> None:
-        """Make ``key``'s embedding available; ``item()`` gives what to embed and is called only on a cache miss."""
-        if key in self.vectors or key in self.pending:
-            return
-        stored = self.cache.get(key)
-        if stored is not None:
-            self.vectors[key] = torch.tensor(stored, dtype=torch.float32)
-            self.hits += 1
-            return
-        self.pending[key] = item()
-        if len(self.pending) == self.batch_size:
-            self.flush()
+        """Make ``key``'s embedding available at the next :meth:`flush`; ``item()`` gives what to embed and is called
+        only on a cache miss."""
+        if key not in self.vectors:
+            self.pending.setdefault(key, item)
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        vectors = self.embed(list(self.pending.values()))
-        if len(vectors) != len(self.pending):
-            raise RuntimeError(f"CLIP returned {len(vectors)} embeddings for {len(self.pending)} inputs")
-        self.calls += 1
-        self.computed += len(self.pending)
-        for key, vector in zip(self.pending, vectors, strict=True):
-            self.cache.put(key, vector.tolist())
-            self.vectors[key] = vector.float()
+    def flush(self, description: str) -> None:
+        keys = list(self.pending)
+        missing = []
+        for key in self.ranks.share(keys):
+            stored = self.cache.get(key)
+            if stored is None:
+                missing.append(key)
+            else:
+                self.vectors[key] = torch.tensor(stored, dtype=torch.float32)
+                self.hits += 1
+        batches = [missing[i : i + self.batch_size] for i in range(0, len(missing), self.batch_size)]
+        for batch in track(batches, description):
+            vectors = fitting(self.what).run(self.embed, [self.pending[key]() for key in batch], joined_tensors)
+            if len(vectors) != len(batch):
+                raise RuntimeError(f"{self.what} returned {len(vectors)} embeddings for {len(batch)} inputs")
+            self.calls += 1
+            self.computed += len(batch)
+            for key, vector in zip(batch, vectors, strict=True):
+                self.cache.put(key, vector.tolist())
+                self.vectors[key] = vector.float()
+        self.ranks.barrier()
+        for key in keys:  # the other processes' shares
+            if key not in self.vectors:
+                self.vectors[key] = torch.tensor(self.cache.get(key), dtype=torch.float32)
         self.pending.clear()
 
 
@@ -203,18 +223,16 @@ class _ClipInputs:
         self.store = store
         self.exemplars = ExemplarPixels(ctx.probe, ctx.backends.target)
         self.model, self.text_model = ctx.backends.image_embedder_model(), ctx.backends.text_embedder_model()
-        batch_size = ctx.config.score.batch_size
         self.images = _CachedEmbeddings(
-            ctx.cache(IMAGE_CACHE), lambda images: ctx.backends.image_embedder.embed_images(images), batch_size
+            ctx, IMAGE_CACHE, lambda images: ctx.backends.image_embedder.embed_images(images), "image embedder"
         )
         self.texts = _CachedEmbeddings(
-            ctx.cache(TEXT_CACHE), lambda texts: ctx.backends.text_embedder.embed(texts), batch_size
+            ctx, TEXT_CACHE, lambda texts: ctx.backends.text_embedder.embed(texts), "text embedder"
         )
 
-    def add_exemplar(self, exemplar: ExemplarImage) -> str:
-        """The embedding key of ``exemplar``'s pixels (rendered once per distinct exemplar); raises
-        :class:`UnreadableImage` when its probe image cannot be read."""
-        key = content_key({"clip": self.model, "image": self.exemplars.hash(exemplar)})
+    def add_exemplar(self, exemplar: ExemplarImage, pixel_hash: str) -> str:
+        """The embedding key of ``exemplar``, whose pixels hash to ``pixel_hash`` (rendered again only if missing)."""
+        key = content_key({"clip": self.model, "image": pixel_hash})
         self.images.add(key, lambda: self.exemplars.render(exemplar))
         return key
 
@@ -224,9 +242,9 @@ class _ClipInputs:
     def add_text(self, text: str) -> None:
         self.texts.add(self._text_key(text), lambda: text)
 
-    def flush(self) -> None:
-        self.images.flush()
-        self.texts.flush()
+    def flush(self, description: str) -> None:
+        self.images.flush(f"{description} images")
+        self.texts.flush(f"{description} texts")
 
     def image(self, key: str) -> torch.Tensor:
         return self.images.vectors[key]

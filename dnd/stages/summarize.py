@@ -25,6 +25,7 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import islice
 
 from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -255,8 +256,33 @@ class _Asker:
             pending = still_pending
         return outcomes
 
+    def resolve_spread(self, asks: list[_Ask], template: ChatTemplate) -> list[_Outcome]:
+        """:meth:`resolve`, each process of a job resolving its share of ``asks`` (re-asks included); every process
+        gets every outcome and the usage of every reply. Asks that send the same request (e.g. two neurons with the
+        same captions) go to the same process, so a request is never sent twice."""
+        groups: dict[tuple[Messages, int], list[int]] = {}
+        for index, ask in enumerate(asks):
+            groups.setdefault((ask.messages, ask.sample), []).append(index)
+
+        def resolve_share(mine: list[list[int]]) -> list[list[tuple[_Outcome, dict[str, TokenUsage]]]]:
+            outcomes = iter(self.resolve([asks[index] for group in mine for index in group], template))
+            return [
+                [(outcome, {key: self.usage[key] for key in outcome.keys}) for outcome in islice(outcomes, len(group))]
+                for group in mine
+            ]
+
+        resolved: list[_Outcome | None] = [None] * len(asks)
+        for group, results in zip(
+            groups.values(), self.ctx.ranks.map(list(groups.values()), resolve_share), strict=True
+        ):
+            for index, (outcome, usage) in zip(group, results, strict=True):
+                resolved[index] = outcome
+                self.usage.update(usage)
+        return [outcome for outcome in resolved if outcome is not None]
+
     def _answer(self, requests: list[ChatRequest]) -> list[tuple[str, ChatReply]]:
-        """``(cache key, reply)`` per request: cached replies, the missing ones from ONE ``chat`` call."""
+        """``(cache key, reply)`` per request: cached replies, the missing ones from ``chat`` calls of
+        ``summarize.requests_per_call`` requests each (which the backend runs concurrently)."""
         keys = [self._key(request) for request in requests]
         replies: dict[str, ChatReply] = {}
         missing: dict[str, ChatRequest] = {}
@@ -269,12 +295,14 @@ class _Asker:
             else:
                 replies[key] = ChatReply(**cached)
                 self.counts["cache_hits"] += 1
-        if missing:
+        pending, size = list(missing), self.config.requests_per_call
+        calls = [pending[i : i + size] for i in range(0, len(pending), size)]
+        for call in calls:  # each call's replies are cached when it returns: a killed run loses one call's at most
             llm = self.ctx.backends.concept_llm  # built only now: a fully cached run never loads the model
-            fresh = llm.chat(list(missing.values()))
-            if len(fresh) != len(missing):
-                raise RuntimeError(f"concept LLM {llm.name} returned {len(fresh)} replies for {len(missing)} requests")
-            for key, reply in zip(missing, fresh, strict=True):
+            fresh = llm.chat([missing[key] for key in call])
+            if len(fresh) != len(call):
+                raise RuntimeError(f"concept LLM {llm.name} returned {len(fresh)} replies for {len(call)} requests")
+            for key, reply in zip(call, fresh, strict=True):
                 self.counts["llm_requests"] += 1
                 self.counts["prompt_tokens"] += reply.prompt_tokens
                 self.counts["completion_tokens"] += reply.completion_tokens
@@ -324,7 +352,7 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Concepts, dict[str, in
     if config.simplify_captions:
         distinct = list(dict.fromkeys(text for texts in captions.values() for text in texts))
         asks = [_Ask(simplify.messages(caption=text, max_words=config.max_words)) for text in distinct]
-        shortened = dict(zip(distinct, asker.resolve(asks, simplify), strict=True))
+        shortened = dict(zip(distinct, asker.resolve_spread(asks, simplify), strict=True))
     descriptions = {
         neuron: [(shortened[text].label or text) if config.simplify_captions else text for text in texts]
         for neuron, texts in captions.items()
@@ -339,7 +367,7 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Concepts, dict[str, in
             owners.append(neuron)
     # 4-6. All summaries of the layer asked together, round by round (cache first, re-asks with the reason).
     outcomes: dict[int, list[_Outcome]] = {neuron: [] for neuron in captions}
-    for neuron, outcome in zip(owners, asker.resolve(asks, summary), strict=True):
+    for neuron, outcome in zip(owners, asker.resolve_spread(asks, summary), strict=True):
         outcomes[neuron].append(outcome)
     # 7. Per neuron: distinct labels in order, background variants, usage; no valid label at all = failed.
     results = []

@@ -6,7 +6,8 @@ Per layer, the distinct candidate concepts of the requested neurons are each wri
 the content key of (generator name, prompt, seed); the generator name holds the model and every setting that changes
 the pixels. Stored images are reused by other neurons, layers, later runs and ``--neurons`` subsets; the missing ones
 are generated in batches that mix concepts, each batch stored as soon as it returns, so a killed run keeps every
-finished batch. The generator is loaded only when an image is missing.
+finished batch. The generator is loaded only when an image is missing. In a job of several processes, each generates
+its share of the images.
 """
 
 from __future__ import annotations
@@ -60,8 +61,11 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Generations, dict[str,
     distinct = dict.fromkeys(concept for labels in concepts.values() for concept in labels)
     prompts = {concept: template.format(concept=concept) for concept in distinct}
     requests, image_ids = plan_images(prompts, config.images_per_concept, ctx.config.seed, name)
-    # 3-4. Images already in the store (any neuron, layer or run) are reused; the rest are generated and stored.
-    generated, calls = generate_missing(store, ctx.backends, requests, config.batch_size, f"synthesize {work.layer}")
+    # 3-4. Images already in the store (any neuron, layer or run) are reused; the rest are generated and stored, each
+    #      process generating its share.
+    shared = dict(ctx.ranks.share(list(requests.items())))
+    generated, calls = generate_missing(store, ctx.backends, shared, config.batch_size, f"synthesize {work.layer}")
+    ctx.ranks.barrier()
     # 5. Per neuron: each of its concepts with the prompt and the ids of its images (and how many it could not get).
     available = {c: [key for key in keys if not store.is_nothing(key)] for c, keys in image_ids.items()}
     neurons = [
@@ -80,12 +84,12 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Generations, dict[str,
         for neuron, labels in concepts.items()
     ]
     counts = {
-        "unique_concepts": len(prompts),
-        "images_requested": len(requests),
+        "unique_concepts": len(prompts) if ctx.ranks.is_main else 0,  # counts are added up over the processes
+        "images_requested": len(shared),
         "images_generated": generated,
-        "cache_hits": len(requests) - generated,
+        "cache_hits": len(shared) - generated,
         "generator_calls": calls,
-        "images_unavailable": sum(len(image_ids[c]) - len(available[c]) for c in image_ids),
+        "images_unavailable": sum(store.is_nothing(key) for key in shared),
     }
     return Generations(layer=work.layer, generator=name, neurons=neurons), counts
 

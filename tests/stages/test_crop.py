@@ -153,6 +153,8 @@ def test_crops_around_the_square_outrank_the_originals(tmp_path, squares, mixer)
         "unreadable_images": 0,
         "crops": 6,
         "forward_batches": 2,
+        "neuron_batches": 1,
+        "neuron_batches_resumed": 0,
         "failed_neurons": 0,
     }
     assert mixer.module.forward_calls == 2 + 2  # record: 6 images in batches of 4; crop: one batch each pass
@@ -193,6 +195,22 @@ def test_a_larger_run_computes_only_the_new_neurons(tmp_path, squares, mixer):
     assert both.neurons[0] == first.neurons[0]
     crops = {corners(c.box) for c in both.neurons[1].exemplars if c.box}
     assert crops == {corners(square(i, 1)) for i in (0, 5, 2)}
+
+
+def test_a_killed_run_keeps_its_finished_neuron_batches(tmp_path, squares):
+    config = make_config(tmp_path, squares, "record.top_k=3", "crop.neurons_per_batch=1")
+    whole, _ = crop_stage(Pipeline(config, backends_for(config, TargetNetwork("m", ChannelMixer(), to_tensor))), None)
+
+    config = make_config(tmp_path / "killed", squares, "record.top_k=3", "crop.neurons_per_batch=1")
+    dying = TargetNetwork("m", ChannelMixer(), to_tensor)
+    dying.module.fail_at_call = 2 + 2 + 1  # record (2 batches), neuron 0 (2), then the run dies in neuron 1's batch
+    with pytest.raises(KeyboardInterrupt):
+        crop_stage(Pipeline(config, backends_for(config, dying)), None)
+    survivor = TargetNetwork("m", ChannelMixer(), to_tensor)
+    resumed, manifest = crop_stage(Pipeline(config, backends_for(config, survivor)), None)
+    assert survivor.module.forward_calls == 2  # neuron 1's batch only
+    assert manifest["counts"]["neuron_batches"] == manifest["counts"]["neuron_batches_resumed"] == 1
+    assert resumed == whole
 
 
 @pytest.mark.parametrize(("layer", "overrides"), [("head", []), ("conv", ["crop.enabled=false"])])
