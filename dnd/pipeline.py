@@ -7,6 +7,11 @@ layer in a run; skips stages whose output is already in the store; and hands the
 (:mod:`dnd.stages.base`) in order. Of a per-neuron stage it computes the requested neurons that the store lacks, or,
 forced, all the requested ones; either way the neurons an earlier run finished and this one does not recompute are
 kept.
+
+While it runs stages it holds the run folder's lock (:mod:`dnd.locking`), so a second run on the same folder stops
+with a message naming the first, and first cleans up what a killed run left half-done (:meth:`StageStore.recover`).
+Under a launcher of several processes (:mod:`dnd.distributed`), rank 0 takes the lock and decides which jobs are due,
+and every process runs them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from dnd import layout
 from dnd.artifacts import TopImages
 from dnd.backends import Backends
 from dnd.config import RunConfig, key_fields
+from dnd.distributed import process_ranks
 from dnd.errors import DnDError
+from dnd.locking import RunLock
+from dnd.progress import note
 from dnd.stages.base import StageContext, StageJob, StageOutput, StageSpec, run_stage
 from dnd.stages.registry import STAGES
 from dnd.store import StageStore, Status, content_key
@@ -43,7 +51,8 @@ class Pipeline:
         self.config = config
         self.backends = backends or Backends(config)
         self.store = StageStore(layout.run_dir(config.output_dir, config.name))
-        self.context = StageContext(config, self.backends, self.store, prompts_dir or config.prompts_dir)
+        self.ranks = process_ranks()
+        self.context = StageContext(config, self.backends, self.store, prompts_dir or config.prompts_dir, self.ranks)
         self.stages = {spec.name: spec for spec in (STAGES if stages is None else stages)}
         for position, spec in enumerate(self.stages.values()):
             earlier = list(self.stages)[:position]
@@ -53,6 +62,8 @@ class Pipeline:
         self._sizes: dict[tuple[str, str], int] = {}  # (layer, record key) -> the layer's number of neurons
         #: Wall time each stage ran for in this process (model loading included); cached stages are absent.
         self.wall_seconds: dict[str, float] = {}
+        self._lock = RunLock(layout.lock_path(self.store.root))
+        self._lock_depth = 0
 
     # --- keys -------------------------------------------------------------------------------------------------
 
@@ -77,6 +88,24 @@ class Pipeline:
             yield
         finally:
             self._keys = None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Inside this block the run folder is this run's (rank 0 holds the lock for the whole job)."""
+        if self._lock_depth == 0:
+            self.ranks.agree(self._take_lock)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self._lock.release()
+
+    def _take_lock(self) -> None:
+        self._lock.acquire()
+        for folder in self.store.recover():
+            note(f"put back {folder}, which a killed run had moved aside to replace it")
 
     def _key_entry(self, stage: str, layer: str) -> tuple[dict[str, Any], str]:
         with self._one_run():
@@ -146,19 +175,23 @@ class Pipeline:
         serves all of a layer's neurons; a per-neuron stage only for ``neurons`` (default: all), keeping the finished
         entries of every other neuron.
         """
-        with self._one_run():
+        with self._one_run(), self._locked():
             order = list(self.stages)
             for name in order[: order.index(self._spec(stage).name) + 1]:
                 spec = self.stages[name]
                 forced = name in (force_stages or set())
-                jobs = [job for layer in layers if (job := self._job(spec, layer, neurons, forced)) is not None]
+                jobs = self.ranks.agree(
+                    lambda spec=spec, forced=forced: [
+                        job for layer in layers if (job := self._job(spec, layer, neurons, forced)) is not None
+                    ]
+                )
                 if jobs:
                     started = time.perf_counter()
                     run_stage(spec, self.context, jobs)
                     self.wall_seconds[name] = self.wall_seconds.get(name, 0.0) + time.perf_counter() - started
             folders = {layer: self.store.stage_dir(layer, stage, self.key(stage, layer)) for layer in layers}
             publish = self.stages[stage].publish
-            if publish is not None:
+            if publish is not None and self.ranks.is_main:
                 for layer in layers:
                     publish(self.context, layer, self._load(layer, stage))
             return folders

@@ -98,16 +98,19 @@ def backends_for(config: RunConfig, target: TargetNetwork) -> Backends:
     return Backends(config, target=target)
 
 
-def write_cifar_config(tmp_path: Path, **sections: dict) -> Path:
-    """A YAML config for the built-in cifar_resnet20 with random weights over 12 random 32×32 images, writing under
-    ``tmp_path``; each keyword updates that config section (e.g. ``record={"top_k": 4}``). Returns its path."""
+def write_cifar_config(tmp_path: Path, images: int = 12, **sections: dict) -> Path:
+    """A YAML config for the built-in cifar_resnet20 with random weights over ``images`` random 32×32 images, writing
+    under ``tmp_path``; each keyword updates that config section (e.g. ``record={"top_k": 4}``). Returns its path."""
     import yaml
 
     from dnd.models.cifar_resnet import cifar_resnet
 
     weights = tmp_path / "resnet20.th"
-    torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
-    write_images(tmp_path / "probe", 12, size=32)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save({"state_dict": cifar_resnet(20).state_dict()}, weights)
+    write_images(tmp_path / "probe", images, size=32)
     config: dict = {
         "name": "cli",
         "target": {"name": "cifar_resnet20", "weights": str(weights)},

@@ -15,6 +15,9 @@ A request for a model of the newer OpenAI families (:data:`REASONING_MODELS`: o-
 api.openai.com checks it: one that sends ``max_tokens``, a ``temperature`` other than 1, or ``stop``, gets HTTP 400
 with api.openai.com's error body for it (one parameter at a time, in that order), without taking a behaviour.
 
+A ``responder`` (a function of the request body) answers instead of the echo when no queue applies, after
+``delay`` seconds: deterministic answers whatever order concurrent requests arrive in.
+
 Every request is recorded (body, headers, start and end times) and :meth:`ScriptedServer.max_in_flight` says how
 many overlapped. Waits end early when the server stops, so teardown never hangs on a sleeping handler.
 """
@@ -25,7 +28,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +61,8 @@ class ScriptedServer:
 
     port: int = 0
     received: list[Received] = field(default_factory=list)
+    responder: Callable[[dict[str, Any]], str] | None = None
+    delay: float = 0.0
     _queues: dict[str | None, deque[Behaviour]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -180,6 +185,9 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 record.end = time.monotonic()
 
         def _respond(self, body: dict[str, Any], behaviour: Behaviour | None) -> None:
+            if behaviour is None and server.responder is not None:
+                server.wait(server.delay)
+                behaviour = ("ok", server.responder(body))
             kind, value = behaviour or ("sleep", 0.0)
             if kind == "ok":
                 self._send(200, _completion(body, value))
@@ -220,9 +228,9 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve() -> Iterator[ScriptedServer]:
+def serve(responder: Callable[[dict[str, Any]], str] | None = None, delay: float = 0.0) -> Iterator[ScriptedServer]:
     """A server on a free port of 127.0.0.1, answering from a daemon thread until the block ends."""
-    scripted = ScriptedServer()
+    scripted = ScriptedServer(responder=responder, delay=delay)
     httpd = _Server(("127.0.0.1", 0), _handler_for(scripted))
     scripted.port = httpd.server_address[1]
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
