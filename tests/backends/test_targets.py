@@ -114,7 +114,7 @@ def test_places365_checkpoint_loads_with_its_classes_and_records_a_layer(tmp_pat
     image = Image.open(tmp_path / "probe" / "img001.png").convert("RGB")
     with torch.no_grad():
         expected = original.eval()(network.preprocess(image)[None])[0]
-    torch.testing.assert_close(logits[1], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits[1].float(), expected, rtol=1e-3, atol=1e-3)  # stored in float16
     assert load_activations(stage_dir["layer4"])[0].shape == (3, 512)
 
 
