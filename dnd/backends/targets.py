@@ -258,7 +258,8 @@ def parameter_hash(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape(-1): a 0-d tensor (BatchNorm's num_batches_tracked) has no byte view; the bytes are the same
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -285,6 +286,11 @@ def resolve_device(device: str, gpu: int = 0) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DnDError(f"device {device!r} requested but CUDA is not available here: use device=cpu or auto")
     if resolved.type == "cuda" and resolved.index is None and gpu:
+        if gpu >= torch.cuda.device_count():
+            raise DnDError(
+                f"this is process {gpu} on this machine but only {torch.cuda.device_count()} GPU(s) are visible: "
+                f"start at most that many processes per machine (torchrun --nproc_per_node)"
+            )
         resolved = torch.device("cuda", gpu)
     return resolved
 

@@ -260,3 +260,9 @@ def test_memory_format_is_an_execution_option():
     assert choose_memory_format(linear, torch.device("cuda"), "auto") == torch.contiguous_format
     assert choose_memory_format(linear, torch.device("cpu"), "auto") == torch.contiguous_format
     assert choose_memory_format(conv.module, torch.device("cuda"), "contiguous") == torch.contiguous_format
+
+
+def test_a_network_with_batch_norm_passed_from_python_gets_a_parameter_hash():
+    module = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))  # num_batches_tracked is a 0-d tensor
+    first, second = TargetNetwork("bn", module, to_tensor), TargetNetwork("bn", module, to_tensor)
+    assert first.identity == second.identity and len(first.identity["parameters"]) == 16
