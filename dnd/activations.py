@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 #: Values beyond this magnitude are kept in float32 (float16's largest finite value).
 FLOAT16_MAX = torch.finfo(torch.float16).max
 _SHARD_PREFIX = "part-"
+_SORT_COLUMNS = 256
 
 
 # --- stage 1's matrix -----------------------------------------------------------------------------------------------
@@ -47,9 +48,14 @@ def top_k_stable(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
     Equal values keep their row order (the lower row first), so the result never depends on how the rows were
     split into shards or processes. (``torch.topk`` leaves the order of ties unspecified; it even changes with ``n``.)
+    Columns are sorted a block at a time, so the sort's scratch memory stays small beside ``values``.
     """
-    ordered = torch.sort(values, dim=0, descending=True, stable=True)
-    return ordered.values[:k], ordered.indices[:k]
+    tops, rows = [], []
+    for start in range(0, max(values.shape[1], 1), _SORT_COLUMNS):
+        ordered = torch.sort(values[:, start : start + _SORT_COLUMNS], dim=0, descending=True, stable=True)
+        tops.append(ordered.values[:k])
+        rows.append(ordered.indices[:k])
+    return torch.cat(tops, dim=1), torch.cat(rows, dim=1)
 
 
 class RunningTopK:

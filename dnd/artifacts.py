@@ -28,8 +28,10 @@ class NeuronTopImages(BaseModel):
 class TopImages(BaseModel):
     """Stage 1 (record): activation summaries of one layer over the probing set and each neuron's top-K images.
 
-    The full matrix ``activations [n_images, n_neurons]`` (float32) and ``probe_indices [n_images]`` (int64) are in
-    ``activations_file`` (safetensors) beside this artifact; row ``r`` is probing image ``probe_indices[r]``.
+    The full matrix ``activations [n_images, n_neurons]`` (float16, or float32 beyond float16's range) and
+    ``probe_indices [n_images]`` (int64) are in ``activations_file`` (safetensors) beside this artifact, assembled
+    from the shards recorded there by :func:`dnd.activations.load_activations` on first use; row ``r`` is probing
+    image ``probe_indices[r]``. The top-K entries here are float32, ties ordered by probe index.
     """
 
     layer: str

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from dnd.distributed import Ranks, launched_processes
+from dnd.pipeline import Pipeline
+from tests.helpers import backends_for, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,14 +38,20 @@ print(f"rank {ranks.rank} ok", flush=True)
 """
 
 
-def test_one_process_does_all_the_work():
+def test_one_process_does_all_the_work(tmp_path, image_folder, mixer):
+    import torch.distributed
+
     ranks = Ranks()
     assert (ranks.rank, ranks.world_size, ranks.is_main) == (0, 1, True)
     assert ranks.share([3, 1, 2]) == [3, 1, 2]
     assert ranks.map([1, 2], lambda part: [x * 10 for x in part]) == [10, 20]
     assert ranks.agree(lambda: "here") == "here"
     assert ranks.sum_counts({"a": 1}) == {"a": 1}
-    assert "torch.distributed" not in sys.modules or launched_processes() == 1  # nothing was joined
+    config = make_config(tmp_path, image_folder)
+    pipeline = Pipeline(config, backends_for(config, mixer))
+    pipeline.run_until("record", ["conv"])
+    assert launched_processes() == 1 and type(pipeline.ranks) is Ranks
+    assert not torch.distributed.is_initialized()  # no process group was joined
 
 
 def test_two_gloo_ranks_share_map_count_and_agree(tmp_path):
