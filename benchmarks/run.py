@@ -12,7 +12,16 @@ import torch
 from rich.console import Console
 from rich.pretty import Pretty
 
-from benchmarks import bench_cpu, bench_describe, bench_final_layer, bench_record, bench_report, bench_summarize
+from benchmarks import (
+    bench_cpu,
+    bench_describe,
+    bench_final_layer,
+    bench_record,
+    bench_report,
+    bench_scale,
+    bench_summarize,
+    cost_model,
+)
 from benchmarks.common import ROOT
 
 BENCHMARKS = {
@@ -22,6 +31,7 @@ BENCHMARKS = {
     "summarize": bench_summarize.run,
     "final_layer": bench_final_layer.run,
     "report": bench_report.run,
+    "scale": bench_scale.run,
 }
 
 
@@ -31,15 +41,24 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": torch.get_num_threads()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    only = sys.argv[1:] or list(BENCHMARKS)  # e.g. python -m benchmarks.run cpu final_layer
+    only = sys.argv[1:] or list(BENCHMARKS)  # e.g. python -m benchmarks.run cpu final_layer scale
     unknown = [name for name in only if name not in BENCHMARKS]
     if unknown:
         sys.exit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     for name in only:
         console.rule(name)
-        results[name] = bench = BENCHMARKS[name]()
-        console.print(Pretty(bench))
+        started = time.perf_counter()
+        results[name] = BENCHMARKS[name]()
+        console.print(Pretty(results[name]))
+        console.print(f"{name}: {time.perf_counter() - started:.0f} s")
     _print_headlines(console, results)
+    if "scale" in results:  # the scaling table, the work per neuron and the cost model, short
+        console.rule("scale, in short")
+        for line in bench_scale.table(results["scale"]):
+            console.print(line, highlight=False)
+        if "cost_model" in results["scale"]:
+            for line in cost_model.lines(results["scale"]["cost_model"]):
+                console.print(line, highlight=False)
     out = ROOT / "outputs" / "bench" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
