@@ -15,6 +15,7 @@ it: :func:`process_ranks` builds a process group only when the launcher has set 
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -89,6 +90,9 @@ class ProcessGroup(Ranks):
 
         if not dist.is_initialized():
             dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+            # Left to interpreter exit, gloo's threads are torn down mid-flight and the process aborts (SIGABRT),
+            # which the launcher reports as a failed job even though every rank finished.
+            atexit.register(_leave_process_group)
         self._dist = dist
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
@@ -120,6 +124,13 @@ class ProcessGroup(Ranks):
         if kind == "error":
             raise RuntimeError(f"rank 0 failed: {value}")
         return value
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 _ranks: Ranks | None = None

@@ -14,6 +14,8 @@ from tests.helpers import backends_for, make_config
 ROOT = Path(__file__).resolve().parents[1]
 
 TWO_RANKS = """
+import sys
+
 from dnd.distributed import process_ranks
 from dnd.errors import DnDError
 
@@ -34,7 +36,7 @@ except DnDError as exc:  # rank 0's user error reaches every rank, so none waits
 else:
     raise AssertionError("no error")
 ranks.barrier()
-print(f"rank {ranks.rank} ok", flush=True)
+sys.stdout.write(f"rank {ranks.rank} ok\\n")  # one write: print's separate newline could interleave with the other rank
 """
 
 
