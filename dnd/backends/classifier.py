@@ -73,9 +73,13 @@ class ImageClassifier:
     @torch.no_grad()
     def run(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probabilities [B, n_classes], features [B, feature_size])`` of ``images`` (RGB, any size), float32 on
-        the CPU; each image goes through the classifier's own preprocessing."""
+        the CPU; each image goes through the classifier's own preprocessing. A batch that runs out of CUDA memory is
+        split and run in halves."""
         if not images:
             return torch.empty(0, len(self.categories)), torch.empty(0, self.feature_size)
+        return self.network.batches.run(self._run, images, _joined_pairs)
+
+    def _run(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         captured: list[torch.Tensor] = []
 
         def keep_input(_module: nn.Module, inputs: Any) -> None:
@@ -88,6 +92,10 @@ class ImageClassifier:
         finally:
             handle.remove()
         return logits.float().softmax(dim=-1).cpu(), captured[0].float().cpu()
+
+
+def _joined_pairs(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
 
 
 def _final_linear(module: nn.Module, n_classes: int, what: str) -> nn.Linear:

@@ -78,9 +78,9 @@ class TargetNetwork:
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The network's output for ``pixels [B, 3, H, W]`` (preprocessed), e.g. logits ``[B, n_classes]``; a batch
-        that runs out of CUDA memory is split and run in halves."""
-        return self.batches.run(lambda part: self.module(self.place(part)), pixels, torch.cat)
+        """The network's output for ``pixels [B, 3, H, W]`` (preprocessed), e.g. logits ``[B, n_classes]``, in one
+        pass (callers that hook into the pass halve batches themselves, with :attr:`batches`)."""
+        return self.module(self.place(pixels))
 
     def layer(self, path: str) -> nn.Module:
         """The submodule at ``path`` (e.g. ``layer3`` or ``blocks.9.mlp``); unknown paths list near ones."""
