@@ -118,6 +118,7 @@ class Backends:
         from dnd import layout
         from dnd.backends.captioners import CAPTION_CACHE
         from dnd.backends.retrieval import RetrievalGenerator
+        from dnd.distributed import process_ranks
         from dnd.store import ItemCache
 
         config = self.config
@@ -131,6 +132,7 @@ class Backends:
             texts=self.minilm,
             batch_size=config.caption.batch_size,
             num_workers=config.probe.num_workers,
+            ranks=process_ranks(),
         )
 
     @cached_property

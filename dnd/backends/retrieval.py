@@ -7,6 +7,10 @@ keyed by captioner and pixels), so each pool image is captioned once, ever, and 
 is not captioned again. The match is made on the concept itself, not on the filled-in prompt ("One realistic image
 of {concept}"), whose fixed words would only blur it.
 
+In a job of several processes, each captions its own share of the pool first and then goes over the rest, where
+it finds the other processes' captions in the cache (no process waits for another: one that finishes early captions
+what is still missing itself). A killed run keeps every captioned batch.
+
 The image returned is the pool image itself, decoded in full: stage 6 then runs it through the target network's own
 preprocessing, so the network sees it exactly as it would in the probing set (with the default pool, the probing set
 itself, its activations equal those of stage 1). A request beyond the images that can be retrieved (a pool smaller
@@ -28,8 +32,10 @@ import torch
 
 from dnd.backends.captioners import Captioner, caption_key
 from dnd.data import ProbeSet, UnreadableImage, image_loader, unchanged
+from dnd.distributed import Ranks
 from dnd.errors import DnDError
 from dnd.exemplars import pixel_hash
+from dnd.halving import fitting, joined_lists
 from dnd.progress import track
 
 if TYPE_CHECKING:
@@ -84,15 +90,18 @@ class RetrievalGenerator:
         texts: TextEmbedder,
         batch_size: int,
         num_workers: int,
+        ranks: Ranks | None = None,
     ):
         """``captioner()`` gives the loaded captioner (called only if a pool image is missing from ``captions``);
-        ``pool_setting`` names the config key that chose the pool, for errors."""
+        ``pool_setting`` names the config key that chose the pool, for errors; ``ranks`` are the job's processes
+        (which part of the pool this one captions first)."""
         self.name = self.name_for(config, pool.fingerprint, captioner_name, texts.model)
         self.pool, self.pool_setting = pool, pool_setting
         self.min_similarity = config.min_similarity
         self._captioner, self._captioner_name = captioner, captioner_name
         self._captions, self._texts = captions, texts
         self._batch_size, self._num_workers = batch_size, num_workers
+        self._ranks = ranks or Ranks()
         self._index: PoolIndex | None = None
 
     @staticmethod
@@ -122,23 +131,22 @@ class RetrievalGenerator:
         return self._index
 
     def _build_index(self) -> PoolIndex:
-        positions: list[int] = []
-        keys: list[str] = []
+        key_of: dict[int, str] = {}  # pool index -> caption key, for the readable images
         unreadable: dict[int, str] = {}
         captions: dict[str, str] = {}
         missing: dict[str, Image.Image] = {}
         captioned = 0
         size, count = self._batch_size, len(self.pool)
         order = [list(range(i, min(i + size, count))) for i in range(0, count, size)]
-        batches = image_loader(self.pool, unchanged, order, self._num_workers)
+        # This process's share of the batches first (the other processes start on theirs), then the rest.
+        first = self._ranks.rank * len(order) // self._ranks.world_size
+        batches = image_loader(self.pool, unchanged, order[first:] + order[:first], self._num_workers)
         for batch in track(batches, "synthesize: caption the retrieval pool"):
             for position, image, error in batch:
                 if image is None:
                     unreadable[position] = error or "unreadable"
                     continue
-                key = caption_key(self._captioner_name, pixel_hash(image))
-                positions.append(position)
-                keys.append(key)
+                key = key_of[position] = caption_key(self._captioner_name, pixel_hash(image))
                 if key in captions or key in missing:
                     continue
                 cached = self._captions.get(key)
@@ -149,6 +157,8 @@ class RetrievalGenerator:
             if len(missing) >= self._batch_size:
                 captioned += self._caption(missing, captions)
         captioned += self._caption(missing, captions)
+        positions = sorted(key_of)  # rows in pool order, however the batches were visited
+        keys = [key_of[position] for position in positions]
         if not positions:
             shown = "; ".join(f"{self.pool.ids[i]}: {reason}" for i, reason in list(unreadable.items())[:3])
             raise DnDError(f"{self.pool_setting}: none of the {len(self.pool)} pool images can be read ({shown})")
@@ -156,14 +166,14 @@ class RetrievalGenerator:
         distinct = list(dict.fromkeys(texts))
         embedded = dict(zip(distinct, self._texts.embed(distinct), strict=True))
         vectors = torch.stack([embedded[text] for text in texts])  # [rows, d]
-        return PoolIndex(positions, texts, vectors, unreadable, captioned)
+        return PoolIndex(positions, texts, vectors, dict(sorted(unreadable.items())), captioned)
 
     def _caption(self, missing: dict[str, Image.Image], captions: dict[str, str]) -> int:
         """Caption the ``missing`` images (key → image), store each caption, empty ``missing``; return how many."""
         if not missing:
             return 0
         count = len(missing)
-        texts = self._captioner().caption(list(missing.values()))
+        texts = fitting("captioner").run(self._captioner().caption, list(missing.values()), joined_lists)
         if len(texts) != len(missing):
             raise RuntimeError(f"captioner {self._captioner_name} returned {len(texts)} captions for {len(missing)}")
         for key, text in zip(missing, texts, strict=True):

@@ -20,6 +20,7 @@ from dnd.backends.generators import GenerationRequest
 from dnd.backends.retrieval import RetrievalGenerator
 from dnd.config import SynthesizeConfig
 from dnd.data import open_image_folders, open_rgb
+from dnd.distributed import Ranks
 from dnd.errors import DnDError
 from dnd.exemplars import pixel_hash
 from dnd.pipeline import Pipeline
@@ -41,9 +42,11 @@ class ColourCaptioner:
 
     def __init__(self) -> None:
         self.captioned = 0
+        self.calls: list[list[tuple[int, int, int]]] = []  # the colour of each image of each call
 
     def caption(self, images: list[Image.Image]) -> list[str]:
         self.captioned += len(images)
+        self.calls.append([image.getpixel((0, 0)) for image in images])
         return [CAPTIONS[int(np.asarray(image, dtype=np.float32).mean(axis=(0, 1)).argmax())] for image in images]
 
 
@@ -61,7 +64,14 @@ def write_pool(folder: Path, pool: dict[str, tuple[int, int, int]] = POOL) -> Pa
     return folder
 
 
-def retrieval(tmp_path: Path, minilm, captioner: ColourCaptioner, min_similarity: float | None = None):
+def retrieval(
+    tmp_path: Path,
+    minilm,
+    captioner: ColourCaptioner,
+    min_similarity: float | None = None,
+    batch_size: int = 3,
+    ranks: Ranks | None = None,
+):
     pool = open_image_folders(write_pool(tmp_path / "pool"), "synthesize.pool")
     return RetrievalGenerator(
         SynthesizeConfig(backend="retrieval", min_similarity=min_similarity),
@@ -71,8 +81,9 @@ def retrieval(tmp_path: Path, minilm, captioner: ColourCaptioner, min_similarity
         captioner_name=captioner.name,
         captions=ItemCache(tmp_path / "cache", CAPTION_CACHE),
         texts=minilm,
-        batch_size=3,
+        batch_size=batch_size,
         num_workers=0,
+        ranks=ranks,
     )
 
 
@@ -232,3 +243,21 @@ def test_a_concept_with_nothing_to_retrieve_is_scored_n_plus_1(tmp_path, minilm,
     # A neuron none of whose concepts has an image is still scored (N+1, Image Products −1), not dropped.
     assert labels[2].failed is None and labels[2].labels == ["a violin"]
     assert labels[2].scores[0].topk_squared == 1 + 1
+
+
+class SecondOfTwo(Ranks):
+    """This process is rank 1 of a job of two (the generator only reads which part of the pool is its own)."""
+
+    rank, world_size = 1, 2
+
+
+def test_each_process_of_a_job_captions_its_own_part_of_the_pool_first_and_all_build_one_index(tmp_path, minilm):
+    alone = retrieval(tmp_path / "alone", minilm, ColourCaptioner(), batch_size=2).index()
+    captioner = ColourCaptioner()
+    second = retrieval(tmp_path / "second", minilm, captioner, batch_size=2, ranks=SecondOfTwo()).index()
+
+    # Rank 1 starts on the second half of the pool (c.png, d.png), where rank 0 is not; rank 0 starts on a.png, b.png.
+    assert captioner.calls == [[POOL["c.png"], POOL["d.png"]], [POOL["a.png"], POOL["b.png"]]]
+    # The index is in pool order either way, so rankings (ties in pool order) are the same in every process.
+    assert (second.positions, second.captions, second.unreadable) == (alone.positions, alone.captions, alone.unreadable)
+    torch.testing.assert_close(second.vectors, alone.vectors)
