@@ -2,7 +2,7 @@
 released code's, and a cost model of a full ResNet-50 layer on GPUs (:mod:`benchmarks.cost_model`).
 
 Every measured run is a child process (``python -m benchmarks.bench_scale <run> ...``), so its peak memory is its
-own. The network is EfficientNet-Lite0 with its real ImageNet weights, at a reduced input size so that the whole
+own. The networks are EfficientNet-Lite0 with its real ImageNet weights, at a reduced input size so that the whole
 benchmark fits in a few minutes on 2 CPU cores (the cost per image falls, the amount of work per image and per
 neuron does not):
 
@@ -10,11 +10,13 @@ neuron does not):
   images at their own 32 px: time, images/s and peak resident memory, which must not grow with the images (the
   activations stream to float16 shards of at most 1,000 images, so memory depends on the shard size, not the probe;
   a matrix in memory would grow by 4 bytes × 1,280 per image);
-- **neurons**: stage 1 over 1,000 CIFAR-10 test images (100 per class) at 64 px, then stages 2–6 for 16 and for
-  112 neurons (all of ``blocks.10``), each in its own output folder: time and peak resident memory per stage.
-  Stages 3–6 use fast stand-ins (captions that name an image's colours and texture, an LLM that answers from those
-  words, a generator that paints a concept's colour, a tiny random CLIP), so they measure the pipeline's own work
-  and its work counts, not a captioner's, an LLM's or Stable Diffusion's speed.
+- **neurons**: stage 1 over 1,000 CIFAR-10 test images (100 per class) at 64 px, then stages 2–6 of
+  configs/offline.yaml for 16 and for 112 neurons (all of ``blocks.10``), each in its own output folder: time and peak
+  resident memory per stage. Stages 3, 5 and 6 run the preset's own stand-ins (EfficientNet-Lite0 class names as
+  captions, retrieval from the probing images ranked with MiniLM, EfficientNet-Lite0 features), so their work counts
+  are the preset's; the classifier sees 64 px instead of 224 like the target, so their times are lower. Stage 4
+  answers with an instant stand-in (:class:`ClassNamesLLM`) instead of SmolLM2: its request counts are the
+  pipeline's, its time is not a model's (SmolLM2's is in the ``describe`` and ``summarize`` benchmarks).
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ PROBE_SIZES = (1_000, 10_000)
 #: Images per record shard in the probe runs: what bounds stage 1's memory, the same in both runs.
 SHARD_SIZE = 1_000
 NEURON_COUNTS = (16, 112)
+#: Input size of the target network and of the preset's classifier in the neurons runs (224 in the preset).
+NEURONS_IMAGE_SIZE = 64
 LAYER = "blocks.10"
 MANIFEST = "manifest.json"
-#: The released code's work per neuron (method.md, section 4): 10 caption shortenings + 5 summaries, 50–60 images
-#: (5–6 concepts × 10) generated for each neuron alone, and the target network run on them one image at a time.
-NAIVE = {"llm_requests": 15, "generated_images": 55, "captions": 10}
+#: What the released code does per neuron that ours shares or batches (method.md, section 4): every exemplar
+#: captioned for its neuron alone, the summaries asked for each neuron alone (plus a shortening per caption where the
+#: config shortens captions), Q images generated for each of its candidate concepts, and the target network run on
+#: those images one at a time. The counts are taken from the run's own config and candidate concepts.
 
 
 # --- the parent: run the children, summarise --------------------------------------------------------------------
@@ -91,27 +96,23 @@ def _child(kind: str, *sizes: str) -> dict[str, Any]:
 
 
 def _work_per_neuron(run: dict[str, Any]) -> dict[str, Any]:
-    """Work per neuron in the largest run beside the released code's, and the ratios."""
-    counts, n = run["counts"], run["neurons"]
+    """Work per neuron in the largest run beside the released code's way of doing the same work, and the ratios."""
+    counts, n, naive = run["counts"], run["neurons"], run["naive_per_neuron"]
     ours = {
         "captions": counts["caption"]["captioned"] / n,
         "llm_requests": counts["summarize"]["llm_requests"] / n,
         "generated_images": counts["synthesize"]["images_generated"] / n,
         "target_passes_over_generated_images": counts["score"]["target_passes"] / n,
     }
-    naive = {
-        **{name: float(value) for name, value in NAIVE.items()},
-        # The released code runs the target network on one generated image at a time.
-        "target_passes_over_generated_images": float(NAIVE["generated_images"]),
-    }
     return {
         "neurons": n,
         "ours": {name: round(value, 3) for name, value in ours.items()},
-        "naive": naive,
+        "naive": {name: round(value, 2) for name, value in naive.items()},
         "naive_over_ours": {name: round(naive[name] / ours[name], 1) if ours[name] else None for name in ours},
         "exemplars_per_neuron": run["exemplars_per_neuron"],
         "crops_per_neuron": round(counts["crop"]["crops"] / n, 2),
         "unique_exemplar_images_per_neuron": round(counts["caption"]["unique_images"] / n, 2),
+        "candidate_concepts_per_neuron": round(naive["generated_images"] / run["images_per_concept"], 2),
         "distinct_concepts_per_neuron": round(counts["synthesize"]["unique_concepts"] / n, 2),
     }
 
@@ -178,14 +179,11 @@ class PeakRss:
             time.sleep(0.01)
 
 
-def _efficientnet(size: int):
-    """EfficientNet-Lite0 with its ImageNet weights on inputs of ``size`` pixels (its own preprocessing, smaller)."""
+def _preprocess(size: int):
+    """EfficientNet-Lite0's own preprocessing, at ``size`` pixels instead of 224."""
     from torchvision import transforms
 
-    from dnd.backends.targets import TargetNetwork
-    from dnd.models.efficientnet_lite import efficientnet_lite0, efficientnet_lite0_weights_path
-
-    preprocess = transforms.Compose(
+    return transforms.Compose(
         [
             transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(size),
@@ -193,8 +191,26 @@ def _efficientnet(size: int):
             transforms.Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
         ]
     )
+
+
+def _efficientnet(size: int):
+    """EfficientNet-Lite0 with its ImageNet weights on inputs of ``size`` pixels."""
+    from dnd.backends.targets import TargetNetwork
+    from dnd.models.efficientnet_lite import efficientnet_lite0, efficientnet_lite0_weights_path
+
     module = efficientnet_lite0(efficientnet_lite0_weights_path())
-    return TargetNetwork(f"efficientnet_lite0@{size}px", module, preprocess)
+    return TargetNetwork(f"efficientnet_lite0@{size}px", module, _preprocess(size))
+
+
+def _shrink_classifier(backends: Any, size: int) -> None:
+    """The preset's ImageNet classifier (stage 3's captions, the retrieval pool's captions, stage 6's image features:
+    one model) on inputs of ``size`` pixels instead of 224, like the target network here."""
+    from dnd.backends.targets import TargetNetwork
+
+    config = backends.config
+    classifier = backends.classifier(config.caption.classifier, "caption.classifier")
+    network = TargetNetwork(f"{classifier.name}@{size}px", classifier.network.module, _preprocess(size))
+    classifier.network = network.to(backends.device)
 
 
 def measure_probe(images: int) -> dict[str, Any]:
@@ -251,37 +267,31 @@ def cifar_subset(folder: Path, images: int) -> Path:
 
 
 def measure_neurons(counts: list[int]) -> dict[str, Any]:
-    """Stage 1 once over 1,000 CIFAR-10 test images (100 per class) at 64 px, then stages 2–6 for the first
-    ``count`` neurons of ``blocks.10``, for each of ``counts`` in a fresh output folder (holding a copy of the
-    recording)."""
-    from benchmarks.bench_describe import WordsCaptioner
+    """Stage 1 once over 1,000 CIFAR-10 test images (100 per class) at 64 px, then stages 2–6 of the offline preset
+    for the first ``count`` neurons of ``blocks.10``, for each of ``counts`` in a fresh output folder (holding a copy
+    of the recording)."""
+    from dnd.artifacts import Concepts
     from dnd.backends import Backends
     from dnd.config import load_config
+    from dnd.layout import ARTIFACT_FILE
     from dnd.pipeline import Pipeline
-    from tests.report.small_run import PaintingGenerator
-    from tests.tiny_models import tiny_clip
+    from dnd.store import read_model
 
     rss = PeakRss()
-    target = _efficientnet(64)
+    target = _efficientnet(NEURONS_IMAGE_SIZE)
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
+            "probe.kind=folder",
             f"probe.path={cifar_subset(Path(tmp) / 'probe', 1_000)}",
             f"prompts_dir={ROOT / 'prompts'}",
             "probe.num_workers=1",
-            f"embed.clip_model={tiny_clip(Path(tmp) / 'clip')}",
-            "stop_after=null",
         ]
         recorded: Path | None = None
         for count in counts:
             config = load_config(ROOT / "configs" / "offline.yaml", [f"output_dir={tmp}/{count}", *overrides])
-            backends = Backends(
-                config,
-                target=target,
-                captioner=WordsCaptioner(),
-                concept_llm=WordsLLM(),
-                generator=PaintingGenerator(64),
-            )
+            backends = Backends(config, target=target, concept_llm=ClassNamesLLM())
+            _shrink_classifier(backends, NEURONS_IMAGE_SIZE)
             pipeline = Pipeline(config, backends)
             folders = {stage: pipeline.store.stage_dir(LAYER, stage, pipeline.key(stage, LAYER)) for stage in STAGES}
             if recorded is not None:  # the same recording: only stages 2-6 grow with the neurons
@@ -296,42 +306,57 @@ def measure_neurons(counts: list[int]) -> dict[str, Any]:
                     "peak_rss_mb": round(rss.peak / 2**20, 1),
                 }
             recorded = folders["record"]
+            concepts = read_model(folders["summarize"] / ARTIFACT_FILE, Concepts)
+            summarize, synthesize = config.summarize, config.synthesize
             runs[str(count)] = {
                 "neurons": count,
                 "images": 1000,
                 "stages": stages,
                 "counts": {stage: json.loads((folders[stage] / MANIFEST).read_text())["counts"] for stage in STAGES},
                 "exemplars_per_neuron": config.crop.exemplars,
+                "images_per_concept": synthesize.images_per_concept,
+                "naive_per_neuron": _naive_per_neuron(concepts, config.crop.exemplars, summarize, synthesize),
             }
     return runs
 
 
-class WordsLLM:
-    """An instant stand-in for stage 4 that answers from the words of :class:`WordsCaptioner`'s captions ("a dark,
-    busy picture in green and brown"): a caption is shortened to its colours ("green and brown"), a neuron's
-    descriptions are summed up by the most frequent one, or, when each is different, by their most frequent colour
-    ("green tones")."""
+def _naive_per_neuron(concepts: Any, exemplars: int, summarize: Any, synthesize: Any) -> dict[str, float]:
+    """The released code's work per neuron for the same run: ``exemplars`` captions, ``n_summaries`` requests (and a
+    shortening per caption if the config shortens them), Q images per candidate concept of the neuron, each run
+    through the target network alone."""
+    done = [entry for entry in concepts.neurons if entry.failed is None]
+    candidates = sum(len(entry.concepts) for entry in done) / max(len(done), 1)
+    generated = candidates * synthesize.images_per_concept
+    return {
+        "captions": float(exemplars),
+        "llm_requests": float(summarize.n_summaries + (exemplars if summarize.simplify_captions else 0)),
+        "generated_images": generated,
+        "target_passes_over_generated_images": generated,
+    }
 
-    name = "bench:words-llm"
+
+class ClassNamesLLM:
+    """An instant stand-in for stage 4 on class-name captions ("goldfish or tench"): a summary names the class
+    named most often across the descriptions, counting every alternative, ties going to the one listed first (so
+    the shuffled samples of a neuron may differ, as a sampled LLM's do); with " images" added where only one
+    description names it (stage 4 rejects a label that copies a single exemplar's)."""
+
+    name = "bench:class-names-llm"
 
     def chat(self, requests):
         from dnd.backends.chat import ChatReply
 
-        return [ChatReply(self._answer(r.messages), prompt_tokens=60, completion_tokens=3) for r in requests]
+        return [ChatReply(self._answer(r.messages), prompt_tokens=400, completion_tokens=3) for r in requests]
 
     @staticmethod
     def _answer(messages) -> str:
-        asked = [text for role, text in messages if role == "user"]
-        question = next(text for text in reversed(asked) if text.startswith(("Caption:", "Descriptions:")))
-        if question.startswith("Caption:"):
-            found = re.search(r" in (\w+) and (\w+)", question)
-            return f"{found[1]} and {found[2]}" if found else "mixed colours"
-        lines = [re.sub(r"^\d+\.\s*", "", line) for line in question.splitlines()[1:] if line.strip()]
-        best, times = Counter(lines).most_common(1)[0]
-        if times > 1 and messages[-1][1] == question:
-            return best
-        colour, _ = Counter(word for line in lines for word in line.split() if word != "and").most_common(1)[0]
-        return f"{colour} tones"
+        asked = [text for role, text in messages if role == "user" and text.startswith("Descriptions:")]
+        lines = [re.sub(r"^\d+\.\s*", "", line).strip() for line in asked[-1].splitlines()[1:] if line.strip()]
+        names = Counter(name.strip() for line in lines for name in line.split(" or "))
+        best = max(names, key=lambda name: (names[name], -list(names).index(name)))
+        max_words = int(re.search(r"1 to (\d+) words", messages[0][1])[1])
+        label = " ".join(best.split()[: max_words - 1])
+        return label if names[best] > 1 else f"{label} images"
 
 
 def main(argv: list[str]) -> None:
