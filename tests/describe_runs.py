@@ -86,7 +86,7 @@ def offline_config(folder: Path, server_url: str, pool: Path, images: int = 12, 
 
 def describe_command(config: Path, neurons: str, processes: int = 1) -> list[str]:
     """`dnd describe` in a new process, or under ``torchrun`` with ``processes`` ranks (gloo, on the CPU)."""
-    describe = ["-m", "dnd", "describe", "--config", str(config), "--neurons", neurons]
+    describe = ["-m", "dnd", "describe", "--config", str(config), "--neurons", neurons, "--no-report"]
     if processes == 1:
         return [sys.executable, *describe]
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
