@@ -171,8 +171,19 @@ def _hours(items: dict[str, float], gpu: dict[str, float], cpu: dict[str, float]
 
 
 def lines(model: dict[str, Any]) -> list[str]:
-    """The cost model as a few lines of text."""
-    out = [f"cost model: {model['job']} (GPU figures assumed, see gpu_figures_assumed.sources)"]
+    """The cost model as a few lines of text: what was measured, what was assumed, hours per preset."""
+    measured = model["cpu_seconds_per_item_measured"].items()
+    cpu = ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {value * 1000:.2f} ms" for name, value in measured)
+    out = [
+        f"cost model: {model['job']}",
+        f"  measured here: CPU per item on one core ({cpu}); work per neuron from the scaling run (crops, unique "
+        f"exemplar images)",
+        f"  assumed: A100 throughputs (gpu_figures_assumed.sources), LLM {LLM_SECONDS_PER_REQUEST:g} s per request "
+        f"with {LLM_CONCURRENCY} in flight per process, {CPU_CORES_PER_GPU} CPU cores per GPU, "
+        f"{LLM_REQUESTS_PER_NEURON} LLM requests and {GENERATED_PER_NEURON} x "
+        f"{model['distinct_concept_share_published_fc_labels']} generated images per neuron (the distinct share of "
+        f"the published ResNet-50 fc labels)",
+    ]
     for name, hours in model["hours"].items():
         eight = f", {hours['total_8_gpus']} h on 8" if hours["total_8_gpus"] is not None else ""
         stages = ", ".join(f"{stage} {value:g}" for stage, value in hours["minutes_per_stage_on_1_gpu"].items())

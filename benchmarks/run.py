@@ -55,10 +55,10 @@ def main() -> None:
     if "scale" in results:  # the scaling table, the work per neuron and the cost model, short
         console.rule("scale, in short")
         for line in bench_scale.table(results["scale"]):
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, soft_wrap=True)
         if "cost_model" in results["scale"]:
             for line in cost_model.lines(results["scale"]["cost_model"]):
-                console.print(line, highlight=False)
+                console.print(line, highlight=False, soft_wrap=True)
     out = ROOT / "outputs" / "bench" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
