@@ -97,5 +97,15 @@ def cifar_resnet(depth: int, weights: str | Path | None = None) -> nn.Module:
 
 
 def cifar_preprocess() -> transforms.Compose:
-    """PIL 32x32 image -> normalised tensor (the checkpoints were trained on ImageNet mean/std inputs)."""
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """PIL image -> normalised tensor ``[3, 32, 32]`` (the checkpoints were trained on ImageNet mean/std inputs).
+
+    CIFAR images pass through unchanged (PIL returns a same-size resize as a copy); any other image, such as one of a
+    retrieval pool of photos, is resized and centre-cropped to 32x32 so that it can share a batch with them."""
+    return transforms.Compose(
+        [
+            transforms.Resize(32),
+            transforms.CenterCrop(32),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from dnd.errors import ModelLoadError
-from dnd.models.cifar_resnet import cifar_preprocess, cifar_resnet
+from dnd.models.cifar_resnet import IMAGENET_MEAN, IMAGENET_STD, cifar_preprocess, cifar_resnet
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 CHECKPOINTS = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
@@ -67,6 +69,13 @@ def test_preprocess_gives_normalised_tensor() -> None:
     tensor = cifar_preprocess()(Image.new("RGB", (32, 32), (0, 0, 0)))
     assert tensor.shape == (3, 32, 32)
     assert tensor[0, 0, 0].item() == pytest.approx(-0.485 / 0.229)
+
+
+def test_preprocess_leaves_cifar_images_as_they_are_and_fits_others_to_32_pixels() -> None:
+    cifar = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    plain = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    assert torch.equal(cifar_preprocess()(cifar), plain(cifar))
+    assert cifar_preprocess()(Image.new("RGB", (120, 80), (9, 9, 9))).shape == (3, 32, 32)
 
 
 @pytest.mark.shared
