@@ -45,7 +45,9 @@ class SameConv2d(nn.Conv2d):
     """A bias-free convolution padded like TensorFlow's ``"SAME"``: output size ``ceil(input / stride)``.
 
     With stride 2 TensorFlow puts the odd pixel of padding at the bottom/right, which a symmetric ``k // 2``
-    padding does not; the ported weights expect TensorFlow's alignment.
+    padding does not; the ported weights expect TensorFlow's alignment. Where the padding is symmetric (every
+    stride-1 layer) the convolution pads by itself: the same zeros, without copying the input into a padded tensor
+    first, which took a fifth of EfficientNet-Lite0's forward time on the CPU.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
@@ -56,6 +58,9 @@ class SameConv2d(nn.Conv2d):
         for size, k, s in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1], strict=True):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
+        left, right, top, bottom = pads
+        if left == right and top == bottom:
+            return F.conv2d(x, self.weight, None, self.stride, (top, left), self.dilation, self.groups)
         return super().forward(F.pad(x, pads))
 
 

@@ -76,6 +76,21 @@ def test_same_padding_is_asymmetric_for_stride_2() -> None:
     assert out[0, 0].tolist() == [[5.0, 7.0], [13.0, 15.0]]
 
 
+@pytest.mark.parametrize("kernel,stride,size", [(1, 1, 7), (3, 1, 8), (5, 1, 7), (3, 2, 8), (5, 2, 7), (3, 2, 7)])
+def test_same_padding_equals_explicit_tensorflow_padding(kernel: int, stride: int, size: int) -> None:
+    # Symmetric cases let the convolution pad by itself; the result must be what padding the input first gives.
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 4, kernel, stride=stride, groups=2)
+    x = torch.randn(2, 4, size, size)
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    padded = torch.nn.functional.pad(x, [total // 2, total - total // 2] * 2)
+    expected = torch.nn.functional.conv2d(padded, conv.weight, None, stride, 0, 1, 2)
+    with torch.no_grad():
+        out = conv(x)
+    assert out.shape == (2, 4, -(-size // stride), -(-size // stride))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_preprocess_gives_normalised_224_tensor() -> None:
     tensor = efficientnet_lite0_preprocess()(Image.new("RGB", (320, 240), (255, 0, 128)))
     assert tensor.shape == (3, 224, 224)
