@@ -1,4 +1,9 @@
-"""Run every benchmark, print the results and write them to outputs/bench/results.json."""
+"""Run the benchmarks, print the results and add them to outputs/bench/results.json.
+
+``python -m benchmarks.run`` runs the default set (``make bench``, about 12 minutes on 2 CPU cores);
+``python -m benchmarks.run naive summarize`` runs the named ones, the extra ones included. A benchmark that fails is
+reported and the others still run; the exit status says whether any failed.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from typing import Any
 
 import torch
@@ -24,50 +30,66 @@ from benchmarks import (
 )
 from benchmarks.common import ROOT
 
-BENCHMARKS = {
+#: ``make bench``: the numbers the README states, each from its own benchmark.
+DEFAULT = {
     "cpu": bench_cpu.run,
     "record": bench_record.run,
     "describe": bench_describe.run,
-    "summarize": bench_summarize.run,
     "final_layer": bench_final_layer.run,
     "report": bench_report.run,
     "scale": bench_scale.run,
 }
+#: Run by name only: the naive way's time (the scale benchmark counts its work per neuron in every default run) and
+#: stage 4 alone across three layers, the tool for editing prompts/ (also ``python -m benchmarks.bench_summarize``).
+EXTRA = {"naive": bench_describe.run_naive, "summarize": bench_summarize.run}
+BENCHMARKS = {**DEFAULT, **EXTRA}
 
 
 def main() -> None:
     console = Console()
-    results = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": torch.get_num_threads()},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    only = sys.argv[1:] or list(BENCHMARKS)  # e.g. python -m benchmarks.run cpu final_layer scale
+    only = sys.argv[1:] or list(DEFAULT)  # e.g. python -m benchmarks.run cpu final_layer naive
     unknown = [name for name in only if name not in BENCHMARKS]
     if unknown:
         sys.exit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    out = ROOT / "outputs" / "bench" / "results.json"
+    results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}  # earlier runs of the others
+    threads = torch.get_num_threads()
+    results["machine"] = {"python": platform.python_version(), "torch": torch.__version__, "cpus": threads}
+    results["when"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    seconds, failed = results.setdefault("seconds", {}), []
     for name in only:
         console.rule(name)
         started = time.perf_counter()
-        results[name] = BENCHMARKS[name]()
-        console.print(Pretty(results[name]))
-        console.print(f"{name}: {time.perf_counter() - started:.0f} s")
-    _print_headlines(console, results)
-    if "scale" in results:  # the scaling table, the work per neuron and the cost model, short
+        try:
+            results[name] = BENCHMARKS[name]()
+        except Exception:  # the others still run; the traceback is printed and the exit status says so
+            failed.append(name)
+            results[name] = {"failed": traceback.format_exc(limit=-3)}
+            console.print_exception()
+        else:
+            console.print(Pretty(results[name]))
+        seconds[name] = round(time.perf_counter() - started, 1)
+        console.print(f"{name}: {seconds[name]:.0f} s")
+    console.rule("in short")
+    _print_headlines(console, {name: results[name] for name in only})
+    if "scale" in only and "failed" not in results["scale"]:  # the scaling table, work per neuron, cost model
         console.rule("scale, in short")
         for line in bench_scale.table(results["scale"]):
             console.print(line, highlight=False, soft_wrap=True)
         if "cost_model" in results["scale"]:
             for line in cost_model.lines(results["scale"]["cost_model"]):
                 console.print(line, highlight=False, soft_wrap=True)
-    out = ROOT / "outputs" / "bench" / "results.json"
+    console.print(f"{len(only)} benchmarks in {sum(seconds[name] for name in only) / 60:.1f} min")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     console.print(f"written: {out}")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (tracebacks above)")
 
 
 def _print_headlines(console: Console, results: dict[str, Any]) -> None:
     """The numbers the issues ask for, one line each."""
-    cpu, describe, final = (results.get(name, {}) for name in ("cpu", "describe", "final_layer"))
+    cpu, describe, final, naive = (results.get(name, {}) for name in ("cpu", "describe", "final_layer", "naive"))
     if "tuned_over_untuned" in cpu:
         console.print(
             f"CPU forward (EfficientNet-Lite0, batch {cpu['batch']}): untuned {cpu['untuned']['images_per_s']} img/s, "
@@ -80,6 +102,12 @@ def _print_headlines(console: Console, results: dict[str, Any]) -> None:
             f"{describe['wall_seconds_total'] / 60:.1f} min ({describe['wall_seconds_per_stage']}), "
             f"{describe['llm_requests_per_neuron']} LLM requests/neuron, "
             f"{describe['captions_per_unique_image']} captions/unique image"
+        )
+    if "naive_over_ours" in naive:
+        console.print(
+            f"stages 2-6 for {naive['neurons']} neurons one at a time, nothing shared: {naive['naive_over_ours']}x "
+            f"the time of describing them together ({naive['naive_seconds_stages_2_to_6']} s against "
+            f"{naive['ours_seconds_stages_2_to_6']} s)"
         )
     if "final_layer_minilm_cosine" in final:
         table = final["final_layer_minilm_cosine"]
