@@ -7,6 +7,7 @@ reported and the others still run; the exit status says whether any failed.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sys
@@ -88,30 +89,31 @@ def main() -> None:
 
 
 def _print_headlines(console: Console, results: dict[str, Any]) -> None:
-    """The numbers the issues ask for, one line each."""
+    """The numbers the issues ask for, one line each (unwrapped, so that a line can be copied whole)."""
+    say = functools.partial(console.print, highlight=False, soft_wrap=True)
     cpu, describe, final, naive = (results.get(name, {}) for name in ("cpu", "describe", "final_layer", "naive"))
     if "tuned_over_untuned" in cpu:
-        console.print(
+        say(
             f"CPU forward (EfficientNet-Lite0, batch {cpu['batch']}): untuned {cpu['untuned']['images_per_s']} img/s, "
             f"malloc {cpu['malloc']['images_per_s']}, tuned {cpu['tuned']['images_per_s']}: "
             f"tuned/untuned = {cpu['tuned_over_untuned']}x"
         )
     if "wall_seconds_total" in describe:
-        console.print(
+        say(
             f"offline describe, {describe['neurons']} neurons of {describe['layer']}: "
             f"{describe['wall_seconds_total'] / 60:.1f} min ({describe['wall_seconds_per_stage']}), "
             f"{describe['llm_requests_per_neuron']} LLM requests/neuron, "
             f"{describe['captions_per_unique_image']} captions/unique image"
         )
     if "naive_over_ours" in naive:
-        console.print(
+        say(
             f"stages 2-6 for {naive['neurons']} neurons one at a time, nothing shared: {naive['naive_over_ours']}x "
             f"the time of describing them together ({naive['naive_seconds_stages_2_to_6']} s against "
             f"{naive['ours_seconds_stages_2_to_6']} s)"
         )
     if "final_layer_minilm_cosine" in final:
         table = final["final_layer_minilm_cosine"]
-        console.print(
+        say(
             f"CIFAR-10 ResNet-20 fc, mean MiniLM cos(Label 1, class): ours {table['ours_label_1']}, "
             f"constant 'images' {table['constant_images']}, most frequent caption {table['most_frequent_caption']}"
         )
