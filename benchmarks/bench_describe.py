@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks.common import IMAGENET_SAMPLES, ROOT
 from dnd.artifacts import Concepts, Exemplars, Generations, Labels
 from dnd.backends import Backends
-from dnd.config import load_config
+from dnd.config import RunConfig, load_config
 from dnd.layout import ARTIFACT_FILE, MANIFEST_FILE
 from dnd.pipeline import Pipeline
 from dnd.stages.registry import STAGE_NAMES as STAGES
@@ -39,9 +39,7 @@ def run() -> dict[str, Any]:
     if not IMAGENET_SAMPLES.is_dir():
         return {"skipped": f"needs {IMAGENET_SAMPLES}"}
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"probe.path={IMAGENET_SAMPLES}", f"prompts_dir={ROOT / 'prompts'}"]
-        config = load_config(ROOT / "configs/offline.yaml", [f"output_dir={tmp}/ours", *overrides])
-        pipeline = Pipeline(config)
+        pipeline = Pipeline(_offline_config(Path(tmp) / "ours"))
         started = time.perf_counter()
         pipeline.describe([LAYER])
         return _report(pipeline, time.perf_counter() - started)
@@ -52,12 +50,10 @@ def run_naive() -> dict[str, Any]:
     if not IMAGENET_SAMPLES.is_dir():
         return {"skipped": f"needs {IMAGENET_SAMPLES}"}
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"probe.path={IMAGENET_SAMPLES}", f"prompts_dir={ROOT / 'prompts'}"]
-        config = load_config(ROOT / "configs/offline.yaml", [f"output_dir={tmp}/ours", *overrides])
-        pipeline = Pipeline(config)
+        pipeline = Pipeline(_offline_config(Path(tmp) / "ours"))
         pipeline.describe([LAYER], NAIVE_NEURONS)  # untimed: records the layer, loads every model, captions the pool
-        naive = _naive(pipeline, Path(tmp), overrides)
-        ours = _subset_seconds(pipeline, Path(tmp), overrides)
+        naive = _naive(pipeline, Path(tmp))
+        ours = _subset_seconds(pipeline, Path(tmp))
     return {
         "layer": LAYER,
         "neurons": len(NAIVE_NEURONS),
@@ -65,6 +61,14 @@ def run_naive() -> dict[str, Any]:
         "ours_seconds_stages_2_to_6": ours,
         "naive_over_ours": round(naive / ours, 2),
     }
+
+
+def _offline_config(output_dir: Path) -> RunConfig:
+    """configs/offline.yaml over the ImageNet samples with this checkout's prompts, writing to ``output_dir``."""
+    return load_config(
+        ROOT / "configs/offline.yaml",
+        [f"output_dir={output_dir}", f"probe.path={IMAGENET_SAMPLES}", f"prompts_dir={ROOT / 'prompts'}"],
+    )
 
 
 def _report(pipeline: Pipeline, wall: float) -> dict[str, Any]:
@@ -99,25 +103,25 @@ def _report(pipeline: Pipeline, wall: float) -> dict[str, Any]:
     }
 
 
-def _naive(ours: Pipeline, tmp: Path, overrides: list[str]) -> float:
+def _naive(ours: Pipeline, tmp: Path) -> float:
     """Seconds for each of ``NAIVE_NEURONS`` alone in a fresh output folder: no caption or LLM answer shared."""
     started = time.perf_counter()
     for neuron in NAIVE_NEURONS:
-        _handed_over(ours, tmp / f"naive-{neuron}", overrides).describe([LAYER], [neuron])
+        _handed_over(ours, tmp / f"naive-{neuron}").describe([LAYER], [neuron])
     return round(time.perf_counter() - started, 2)
 
 
-def _subset_seconds(ours: Pipeline, tmp: Path, overrides: list[str]) -> float:
+def _subset_seconds(ours: Pipeline, tmp: Path) -> float:
     """Our stages 2-6 for the naive run's neurons together, in a fresh folder with the same handed-over models."""
-    pipeline = _handed_over(ours, tmp / "together", overrides)
+    pipeline = _handed_over(ours, tmp / "together")
     started = time.perf_counter()
     pipeline.describe([LAYER], NAIVE_NEURONS)
     return round(time.perf_counter() - started, 2)
 
 
-def _handed_over(ours: Pipeline, output_dir: Path, overrides: list[str]) -> Pipeline:
+def _handed_over(ours: Pipeline, output_dir: Path) -> Pipeline:
     """A pipeline writing to the empty ``output_dir`` with our recorded activations and our loaded models."""
-    config = load_config(ROOT / "configs/offline.yaml", [f"output_dir={output_dir}", *overrides])
+    config = _offline_config(output_dir)
     pipeline = Pipeline(config, Backends(config, **{role: getattr(ours.backends, role) for role in ROLES}))
     record = ours.store.stage_dir(LAYER, "record", ours.key("record", LAYER))
     shutil.copytree(record, pipeline.store.stage_dir(LAYER, "record", pipeline.key("record", LAYER)))
