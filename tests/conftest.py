@@ -11,7 +11,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import random
 import socket
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +42,35 @@ def shared() -> Path:
     return SHARED
 
 
+@dataclass
+class Offline:
+    """What code did while the network was cut: connections it tried, and the seconds it asked ``time.sleep`` for.
+
+    "Fails fast" is checked by these counts, not by a wall clock: a retry loop shows as attempts and backoff sleeps
+    however fast or loaded the machine is.
+    """
+
+    connections: int = 0
+    slept_s: float = 0.0
+
+
 @pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every outgoing connection fail at once, as on a machine without hub access."""
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Offline:
+    """Make every outgoing connection fail at once, as on a machine without hub access; sleeps return at once."""
+    offline = Offline()
 
     def refuse(*_args, **_kwargs):
+        offline.connections += 1
         raise OSError("network is unreachable (blocked by the test)")
+
+    def count_sleep(seconds: float) -> None:
+        offline.slept_s += seconds
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(time, "sleep", count_sleep)
+    return offline
 
 
 @pytest.fixture

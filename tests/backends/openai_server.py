@@ -8,6 +8,12 @@ message>"``, so concurrent requests can be told apart by their answers. Behaviou
   words);
 - ``("status", code)``: an error body with that HTTP status;
 - ``("sleep", seconds)``: wait, then answer like an empty queue (a client with a shorter timeout gives up first);
+- ``("hang", None)``: answer only when the server stops, so a client's timeout is certain whatever its length;
+- ``("hold", (in_flight, total))``: wait until ``in_flight`` requests are being handled at once, or until ``total``
+  requests have arrived (the last, smaller round), then :data:`HOLD_LINGER_S` more, then answer like an empty queue.
+  The count is reached by construction, however slowly the client's threads start, and the linger leaves a client
+  that sends more than it should the time to show it; after :data:`HOLD_TIMEOUT_S` it answers HTTP 504 naming the
+  count it saw, so a client that never sends that many at once fails its test clearly instead of hanging;
 - ``("raw", body)``: status 200 with ``body`` as the JSON content (e.g. ``"not json"``);
 - ``("bad_key", None)``: HTTP 401 whose message quotes the bearer token back, as api.openai.com does.
 
@@ -19,7 +25,9 @@ A ``responder`` (a function of the request body) answers instead of the echo whe
 ``delay`` seconds: deterministic answers whatever order concurrent requests arrive in.
 
 Every request is recorded (body, headers, start and end times) and :meth:`ScriptedServer.max_in_flight` says how
-many overlapped. Waits end early when the server stops, so teardown never hangs on a sleeping handler.
+many overlapped. A request ends just before its answer is written, so a client that sends its next request only
+after an answer never makes two requests overlap on the server's clock. Waits end early when the server stops, so
+teardown never hangs on a sleeping handler.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ from typing import Any
 Behaviour = tuple[str, Any]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: How long a ``("hold", ...)`` request waits for the others before it gives up with HTTP 504.
+HOLD_TIMEOUT_S = 30.0
+#: How long held requests stay in flight once their count is reached: a correct client's peak is the count whatever
+#: this is; a client that breaks its bound has this long to send more requests and be seen doing it.
+HOLD_LINGER_S = 0.25
 #: Model-name prefixes of the families that reject ``max_tokens``, a non-default ``temperature`` and ``stop``.
 REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 
@@ -66,6 +79,10 @@ class ScriptedServer:
     _queues: dict[str | None, deque[Behaviour]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
+    #: Notified whenever a request arrives or ends; guards :attr:`_in_flight`.
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+    _in_flight: int = 0
+    _hold_timed_out: bool = False
 
     @property
     def base_url(self) -> str:
@@ -89,6 +106,9 @@ class ScriptedServer:
         """Record a request and take its behaviour (None: answer with the echo)."""
         record = Received(body, headers, time.monotonic())
         text = _last_user_text(body)
+        with self._changed:
+            self._in_flight += 1
+            self._changed.notify_all()
         with self._lock:
             self.received.append(record)
             rejection = _rejection(body)
@@ -100,8 +120,34 @@ class ScriptedServer:
             general = self._queues.get(None)
             return record, general.popleft() if general else None
 
+    def end(self, record: Received) -> None:
+        """Mark ``record`` answered (called once, just before its answer is written)."""
+        if record.end:
+            return
+        record.end = time.monotonic()
+        with self._changed:
+            self._in_flight -= 1
+            self._changed.notify_all()
+
     def wait(self, seconds: float) -> None:
         self._stopping.wait(seconds)
+
+    def hold(self, in_flight: int, total: int) -> int | None:
+        """Wait until ``in_flight`` requests run at once or ``total`` have arrived; None, or the count seen at timeout.
+
+        Once one hold has timed out, the others give up at once: the test has failed, and waiting again for each
+        request would only make it slow to say so.
+        """
+        deadline = time.monotonic() + HOLD_TIMEOUT_S
+        with self._changed:
+            while self._in_flight < in_flight and len(self.received) < total and not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or self._hold_timed_out:
+                    self._hold_timed_out = True
+                    return self._in_flight
+                self._changed.wait(min(left, 0.1))  # short waits: a stopping server is seen at once too
+        self.wait(HOLD_LINGER_S)
+        return None
 
 
 def _rejection(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -179,10 +225,11 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 return
             body = json.loads(self.rfile.read(length))
             record, behaviour = server.receive(body, {k.lower(): v for k, v in self.headers.items()})
+            self._record = record
             try:
                 self._respond(body, behaviour)
             finally:
-                record.end = time.monotonic()
+                server.end(record)
 
         def _respond(self, body: dict[str, Any], behaviour: Behaviour | None) -> None:
             if behaviour is None and server.responder is not None:
@@ -199,6 +246,16 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             elif kind == "sleep":
                 server.wait(value)
                 self._send(200, _completion(body, f"echo: {_last_user_text(body)}"))
+            elif kind == "hang":
+                server._stopping.wait()
+                self._send(503, {"error": {"message": "the server stopped", "type": "test"}})
+            elif kind == "hold":
+                seen = server.hold(*value)
+                if seen is None:
+                    self._send(200, _completion(body, f"echo: {_last_user_text(body)}"))
+                else:
+                    message = f"held {HOLD_TIMEOUT_S:.0f} s with {seen} requests in flight, waiting for {value[0]}"
+                    self._send(504, {"error": {"message": message, "type": "test"}})
             elif kind == "raw":
                 self._send(200, value)
             elif kind == "reject":
@@ -208,6 +265,9 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, payload: Any) -> None:
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+            record = getattr(self, "_record", None)
+            if record is not None:
+                server.end(record)
             try:
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

@@ -105,7 +105,7 @@ def test_client_errors_are_not_retried(openai_server):
 
 
 def test_timeouts_are_retried_then_reported(openai_server):
-    openai_server.script(("sleep", 2.0), ("sleep", 2.0))
+    openai_server.script(("hang", None), ("hang", None))
 
     [reply] = openai_llm(openai_server, timeout_s=0.5, max_retries=1).chat([ask("slow")])
 
@@ -138,11 +138,15 @@ def test_malformed_replies_become_errors(openai_server, body, error):
 
 @pytest.mark.parametrize("concurrency", [8, 3])
 def test_requests_run_concurrently_within_the_bound(openai_server, concurrency):
-    openai_server.script(*[("sleep", 0.2)] * 8)
+    # Each request is answered only once `concurrency` are in flight (or all 12 have arrived), so reaching the bound
+    # does not depend on how fast the client's threads start; a client that sends fewer at once gets HTTP 504s, one
+    # that sends more is seen doing it while the held ones linger. 12 requests: more than either bound.
+    openai_server.script(*[("hold", (concurrency, 12))] * 12)
 
-    replies = openai_llm(openai_server, concurrency=concurrency).chat([ask(f"request {i}") for i in range(8)])
+    llm = openai_llm(openai_server, concurrency=concurrency, timeout_s=60.0, max_retries=0)
+    replies = llm.chat([ask(f"request {i}") for i in range(12)])
 
-    assert [r.text for r in replies] == [f"echo: request {i}" for i in range(8)]
+    assert [(r.text, r.error) for r in replies] == [(f"echo: request {i}", None) for i in range(12)]
     assert openai_server.max_in_flight() == concurrency
 
 
