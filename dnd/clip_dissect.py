@@ -12,27 +12,25 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file
 
 from dnd import layout
 from dnd.activations import load_activations
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.config import ClipDissectConfig
 from dnd.errors import DnDError
-from dnd.progress import track
-from dnd.store import atomic_save_tensors, atomic_write_text, content_key
+from dnd.image_embeddings import cached_tensor, probe_image_embeddings
+from dnd.store import atomic_write_text, content_key
 
 if TYPE_CHECKING:
-    from dnd.backends.embedders import ClipEmbedder
+    from dnd.backends.embedders import ImageTextEmbedder
     from dnd.pipeline import Pipeline
 
 DESCRIPTIONS_COLUMNS = ("layer", "unit", "description", "similarity")
-#: Under the output folder's cache: CLIP embeddings of probing images and of concept sets (safetensors).
+#: Under the output folder's cache: embeddings of concept sets (safetensors; probing images: dnd.image_embeddings).
 CACHE_FOLDER = "clip-dissect"
 
 
@@ -83,13 +81,16 @@ def read_concepts(path: Path) -> list[str]:
     return concepts
 
 
-def clip_dissect(pipeline: Pipeline, layer: str, concepts: list[str], clip: ClipEmbedder | None = None) -> LabelSet:
+def clip_dissect(
+    pipeline: Pipeline, layer: str, concepts: list[str], clip: ImageTextEmbedder | None = None
+) -> LabelSet:
     """CLIP-Dissect labels for every neuron of ``layer`` over the config's probing set.
 
-    Records the layer first if it is not fresh in the store. CLIP embeddings of the probing images and of the
-    concepts are cached under ``<output_dir>/cache/clip-dissect`` (keyed by CLIP model and inputs), so a rerun
-    with another concept set or other parameters embeds nothing again. ``clip`` defaults to the run's CLIP
-    (``embed.clip_model``).
+    Records the layer first if it is not fresh in the store. Embeddings of the probing images
+    (:func:`~dnd.image_embeddings.probe_image_embeddings`) and of the concepts (under
+    ``<output_dir>/cache/clip-dissect``) are cached, keyed by model and inputs, so a rerun with another concept set
+    or other parameters embeds nothing again. ``clip`` defaults to the run's CLIP (``embed.clip_model``); any
+    image-text model will do, such as the offline :class:`~dnd.backends.caption_space.CaptionSpace`.
     """
     config, context = pipeline.config, pipeline.context
     # 1. CLIP first, so a model that cannot be loaded fails before any long recording.
@@ -98,14 +99,11 @@ def clip_dissect(pipeline: Pipeline, layer: str, concepts: list[str], clip: Clip
     stage_dir = pipeline.run_until("record", [layer])[layer]
     activations, probe_indices = load_activations(stage_dir)  # [n_images, n_neurons], [n_images]
     # 3. CLIP embeddings of the recorded images and of the concepts, each computed once.
-    cache = layout.cache_dir(config.output_dir) / CACHE_FOLDER
     rows = probe_indices.tolist()
-    images_key = content_key({"model": clip.model, "probe": context.probe.fingerprint, "rows": rows})
-    image_embeddings = _cached_tensor(
-        cache / f"images-{images_key}.safetensors", lambda: _embed_probe_images(pipeline, clip, rows)
-    )
+    image_embeddings = probe_image_embeddings(config.output_dir, context.probe, clip, rows, config.embed.batch_size)
     concepts_key = content_key({"model": clip.model, "concepts": concepts})
-    concept_embeddings = _cached_tensor(cache / f"concepts-{concepts_key}.safetensors", lambda: clip.embed(concepts))
+    concepts_path = layout.cache_dir(config.output_dir) / CACHE_FOLDER / f"concepts-{concepts_key}.safetensors"
+    concept_embeddings = cached_tensor(concepts_path, lambda: clip.embed(concepts))
     # 4. soft-WPMI over all neurons.
     best, scores = soft_wpmi(activations, image_embeddings, concept_embeddings, config.clip_dissect)
     label_rows = [
@@ -122,23 +120,3 @@ def write_descriptions(labels: LabelSet, path: Path) -> None:
     writer.writerow(DESCRIPTIONS_COLUMNS)
     writer.writerows((row.layer, row.unit, row.labels[0], row.score) for row in labels.rows)
     atomic_write_text(path, buffer.getvalue())
-
-
-def _embed_probe_images(pipeline: Pipeline, clip: ClipEmbedder, probe_indices: list[int]) -> torch.Tensor:
-    """CLIP embeddings ``[len(probe_indices), d]`` of these probing images, in batches."""
-    size = pipeline.config.embed.batch_size
-    batches = [probe_indices[i : i + size] for i in range(0, len(probe_indices), size)]
-    load = pipeline.context.probe.load
-    embedded = [
-        clip.embed_images([load(index) for index in batch]) for batch in track(batches, "CLIP image embeddings")
-    ]
-    return torch.cat(embedded)
-
-
-def _cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The tensor stored at ``path``, or ``compute()`` stored there first (atomically: a temp file, then rename)."""
-    if path.is_file():
-        return load_file(str(path))["tensor"]
-    tensor = compute().contiguous()
-    atomic_save_tensors(path, {"tensor": tensor})
-    return tensor

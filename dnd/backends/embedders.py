@@ -81,24 +81,43 @@ class SentenceEmbedder:
         return _embed_batches(texts, self.batch_size, one_batch, self.network.config.hidden_size)
 
 
-class ClipEmbedder:
-    """CLIP's projected text and image embeddings (one model serves both)."""
+class ImageTextEmbedder(TextEmbedder, ImageEmbedder, Protocol):
+    """Embeds texts and images into one space, so ``text · image`` says how well a text describes an image (CLIP,
+    SigLIP, or offline :class:`~dnd.backends.caption_space.CaptionSpace`)."""
 
-    def __init__(self, name: str, model: str, device: torch.device, batch_size: int, hint: str = OFFLINE_TEXT_HINT):
-        from transformers import AutoProcessor, CLIPModel
+
+class ClipEmbedder:
+    """An image-text model's projected text and image embeddings (one model serves both): CLIP by default, or with
+    ``model_class="AutoModel"`` any ``transformers`` model with ``get_text_features`` / ``get_image_features``
+    (SigLIP, whose texts are padded to the length it was trained with)."""
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        device: torch.device,
+        batch_size: int,
+        hint: str = OFFLINE_TEXT_HINT,
+        model_class: str = "CLIPModel",
+    ):
+        import transformers
 
         self.name, self.model = name, model
         self.device, self.batch_size = device, batch_size
-        self.processor = _load(AutoProcessor, model, hint)
-        self.network = _load(CLIPModel, model, hint).to(device).eval()
+        self.processor = _load(transformers.AutoProcessor, model, hint)
+        self.network = _load(getattr(transformers, model_class), model, hint).to(device).eval()
+        if not hasattr(self.network, "get_image_features") or not hasattr(self.network, "get_text_features"):
+            raise ModelLoadError(f"{model} is not an image-text model (CLIP, SigLIP): it cannot embed texts and images")
+        self.text_padding: bool | str = "max_length" if "siglip" in self.network.config.model_type else True
+        self.width = getattr(self.network.config, "projection_dim", None) or self.network.config.text_config.hidden_size
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
         def one_batch(batch: list[str]) -> torch.Tensor:
-            tokens = self.processor(text=batch, padding=True, truncation=True, return_tensors="pt").to(self.device)
-            return _projected(self.network.get_text_features(**tokens))
+            tokens = self.processor(text=batch, padding=self.text_padding, truncation=True, return_tensors="pt")
+            return _projected(self.network.get_text_features(**tokens.to(self.device)))
 
-        return _embed_batches(texts, self.batch_size, one_batch, self.network.config.projection_dim)
+        return _embed_batches(texts, self.batch_size, one_batch, self.width)
 
     @torch.no_grad()
     def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
@@ -106,7 +125,7 @@ class ClipEmbedder:
             pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
             return _projected(self.network.get_image_features(pixel_values=pixels))
 
-        return _embed_batches(images, self.batch_size, one_batch, self.network.config.projection_dim)
+        return _embed_batches(images, self.batch_size, one_batch, self.width)
 
 
 class ClassifierImageEmbedder:
@@ -257,6 +276,14 @@ def load_clip(config: EmbedConfig, device: torch.device) -> ClipEmbedder:
     """The run's CLIP (``config.clip_model``) for images and texts: stage 6 and CLIP-Dissect embed with it."""
     hint = "Without network access set embed.clip_model to a local CLIP folder (save_pretrained of a CLIPModel)."
     return ClipEmbedder("clip", config.clip_model, device, config.batch_size, hint)
+
+
+def load_image_text_model(spec: str, config: EmbedConfig, device: torch.device) -> ClipEmbedder:
+    """The image-text model ``spec`` names: ``clip`` (``embed.clip_model``) or any ``transformers`` image-text model id
+    or folder (e.g. ``google/siglip-so400m-patch14-384``)."""
+    model = config.clip_model if spec == "clip" else spec
+    hint = "Without network access use the offline stand-in (--simulator captions), or a local model folder."
+    return ClipEmbedder(spec, model, device, config.batch_size, hint, model_class="AutoModel")
 
 
 def _model_type(model: str) -> str:
