@@ -1,5 +1,5 @@
 """Commands that compare and evaluate label sets: ``compare``, ``clip-dissect``, ``evaluate final-layer``, ``evaluate
-cosy``, ``evaluate classifiers``.
+cosy``, ``evaluate classifiers``, ``evaluate simulation``, ``evaluate ablation``.
 
 Thin like the rest of the CLI: parse, call the library, print. ``dnd.cli`` registers them and turns a
 :class:`~dnd.errors.DnDError` into one clear message. Heavy modules are imported inside the commands.
@@ -351,6 +351,171 @@ def classifiers(
         out.print(f"wrote {out_path}", highlight=False)
 
 
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="YAML config naming the network the labels describe.", show_default=False),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set probe.batch_size=256.", show_default=False),
+]
+ShufflesOption = Annotated[
+    int, typer.Option("--shuffles", min=1, help="Seeded draws of the shuffled-labels baseline (the null).")
+]
+
+
+def simulation(
+    labels: LabelSourceArgument,
+    config: ConfigOption,
+    layer: LabelledLayerOption,
+    simulator: Annotated[
+        str,
+        typer.Option(
+            "--simulator",
+            help="Image-text model predicting activations from labels: auto (SigLIP ViT-SO400M-14-384 where it "
+            "loads, else captions), captions (offline: MiniLM similarity of the label with each image's caption by "
+            "the config's captioner), clip (embed.clip_model), or any transformers image-text model id or folder.",
+        ),
+    ] = "auto",
+    shuffles: ShufflesOption = 5,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write results: .csv (one row per neuron) or .json (all).")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Simulation: per neuron, the correlation between its held-out activations and those its label predicts
+    (image-text similarity of label and image), beside the shuffled, constant and most-frequent-caption baselines.
+
+    The probing images are split into fit and held-out halves by a seeded hash of their ids (seed: the config's);
+    scores are over the held-out half. The baseline of most frequent captions reads the config's caption stage
+    (made first if missing).
+
+    Example: dnd evaluate simulation outputs/offline/blocks.10/score-<key> --config configs/offline.yaml
+    --layer blocks.10 --simulator captions --out simulation.csv
+    """
+    from dnd.compare.readers import read_label_source
+    from dnd.config import load_config
+    from dnd.evaluate.baselines import quality_sources, run_captions
+    from dnd.evaluate.output import check_out_path
+    from dnd.evaluate.simulation import CSV_ROW, GOOD_CORRELATION, evaluate_simulation, write_results
+    from dnd.image_embeddings import image_text_space
+    from dnd.pipeline import Pipeline
+
+    if out_path is not None:
+        check_out_path(out_path, CSV_ROW)
+    label_set = read_label_source(labels)
+    _print_warnings(label_set)
+    label_set.check_layers([layer])
+    pipeline = Pipeline(load_config(config, set_))
+    space, stand_in = image_text_space(simulator, pipeline.backends)
+    captions = run_captions(pipeline, layer, sorted(label_set.units(layer)))
+    sources = quality_sources(label_set, layer, captions, pipeline.config.seed, shuffles)
+    evaluation = evaluate_simulation(pipeline, sources, layer, space)
+    table = Table(
+        title=f"simulation of {layer}: held-out correlation of activations with {escape(space.name)} predictions "
+        f"({evaluation.n_held_out} held-out images, {evaluation.n_fit} fit)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("labels", "n", "Pearson", "std", f"> {GOOD_CORRELATION}", "Spearman", "std"):
+        table.add_column(column, justify="left" if column == "labels" else "right", no_wrap=True)
+    for result in evaluation.results:
+        draws = f" ×{result.draws}" if result.draws > 1 else ""
+        pearson, spearman = result.pearson, result.spearman
+        table.add_row(
+            escape(result.source + draws),
+            str(pearson.n),
+            f"{pearson.mean:.4f}",
+            f"{pearson.std:.3f}",
+            f"{pearson.share_above:.0%}",
+            f"{spearman.mean:.4f}",
+            f"{spearman.std:.3f}",
+        )
+    out.print(table)
+    out.print(f"simulator: {escape(evaluation.simulator)}", highlight=False)
+    if stand_in is not None:
+        out.print(
+            f"[bold yellow]note:[/] the offline stand-in simulated ({escape(stand_in)}): it sees an image only through "
+            f"its caption; for the protocol's simulator use --simulator google/siglip-so400m-patch14-384 (or clip) "
+            f"where the model loads",
+            highlight=False,
+        )
+    if out_path is not None:
+        write_results(evaluation, out_path)
+        out.print(f"wrote {out_path}", highlight=False)
+
+
+def ablation(
+    labels: LabelSourceArgument,
+    config: ConfigOption,
+    layer: LabelledLayerOption,
+    images: Annotated[
+        Path,
+        typer.Option(
+            "--images",
+            help="The network's own classes as a labelled image set: one folder per class (<class>/<image>; class k "
+            "= the k-th folder in sorted order = output k), e.g. ../shared/data/cifar10-test.",
+            show_default=False,
+        ),
+    ],
+    k: Annotated[int, typer.Option("--k", min=1, help="Neurons zeroed per class.")] = 3,
+    random_draws: Annotated[
+        int, typer.Option("--random-draws", min=1, help="Seeded draws of the random-neurons baseline.")
+    ] = 5,
+    shuffles: ShufflesOption = 5,
+    embedder: EmbedderOption = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write results: .csv (one row per class) or .json (all).")
+    ] = None,
+    device: DeviceOption = "auto",
+    set_: SetOption = None,
+) -> None:
+    """Ablation: per class, zero the k neurons whose labels are nearest the class name and measure the network's
+    accuracy on that class (targeted drop) and on the others (untargeted drop); score = targeted − untargeted.
+
+    Reported beside the labels: random neurons and the shuffled, constant and most-frequent-caption baselines (the
+    last from the config's caption stage, made first if missing). Each ablation's predictions are cached.
+
+    Example: dnd evaluate ablation outputs/cifar10_resnet20/layer3/score-<key> --config configs/cifar10_resnet20.yaml
+    --layer layer3 --images ../shared/data/cifar10-test --k 3 --out ablation.csv
+    """
+    from dnd.compare.readers import read_label_source
+    from dnd.config import load_config
+    from dnd.evaluate.ablation import CSV_ROW, evaluate_ablation, write_results
+    from dnd.evaluate.baselines import quality_sources, run_captions
+    from dnd.evaluate.output import check_out_path
+    from dnd.pipeline import Pipeline
+
+    if out_path is not None:
+        check_out_path(out_path, CSV_ROW)
+    if not images.is_dir():
+        raise DnDError(f"--images {images}: no such folder (give the network's classes, one folder per class)")
+    label_set = read_label_source(labels)
+    _print_warnings(label_set)
+    label_set.check_layers([layer])
+    run_config = load_config(config, set_)
+    captions = run_captions(Pipeline(run_config), layer, sorted(label_set.units(layer)))
+    sources = quality_sources(label_set, layer, captions, run_config.seed, shuffles)
+    space = next(_embedders(embedder, device))  # the first --embedder: one text space chooses the neurons
+    evaluation = evaluate_ablation(run_config, sources, layer, images, space, k, random_draws)
+    table = Table(
+        title=f"ablation of {layer}, k={evaluation.k} per class ({space.name}): accuracy on {images.name} "
+        f"{evaluation.accuracy:.4f} before, {evaluation.n_images} images",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("labels", "targeted drop", "untargeted drop", "score"):
+        table.add_column(column, justify="left" if column == "labels" else "right", no_wrap=True)
+    for result in evaluation.results:
+        draws = f" ×{result.draws}" if result.draws > 1 else ""
+        cells = (result.targeted_drop, result.untargeted_drop, result.score)
+        table.add_row(escape(result.source + draws), *(f"{value:.4f}" for value in cells))
+    out.print(table)
+    if out_path is not None:
+        write_results(evaluation, out_path)
+        out.print(f"wrote {out_path}", highlight=False)
+
+
 def clip_dissect(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config of the run.", show_default=False)],
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer module path.", show_default=False)],
@@ -361,6 +526,14 @@ def clip_dissect(
         Path | None,
         typer.Option("--out", "-o", help=f"Output CSV; default <output_dir>/<name>/<layer>/{CLIP_DISSECT_FILE}."),
     ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Image-text model: clip (embed.clip_model, CLIP-Dissect's), captions (offline stand-in: MiniLM "
+            "of each image's caption by the config's captioner), or any transformers image-text model id or folder.",
+        ),
+    ] = "clip",
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config key, e.g. --set clip_dissect.top_k=50.", show_default=False),
@@ -374,12 +547,14 @@ def clip_dissect(
     from dnd.clip_dissect import clip_dissect as run_clip_dissect
     from dnd.clip_dissect import read_concepts, write_descriptions
     from dnd.config import load_config
+    from dnd.image_embeddings import image_text_space
     from dnd.pipeline import Pipeline
 
     run_config = load_config(config, set_)
     concept_list = read_concepts(concepts)
     pipeline = Pipeline(run_config)
-    labels = run_clip_dissect(pipeline, layer, concept_list)
+    space = None if model == "clip" else image_text_space(model, pipeline.backends)[0]
+    labels = run_clip_dissect(pipeline, layer, concept_list, space)
     path = out_path or pipeline.store.layer_dir(layer) / CLIP_DISSECT_FILE
     write_descriptions(labels, path)
     counts = Counter(row.labels[0] for row in labels.rows)
