@@ -164,17 +164,21 @@ class LoggedClip:
 class Run:
     """A pipeline over 24 random 16×16 images, the 16-filter network and logged doubles, writing under ``root``."""
 
-    def __init__(self, root: Path, probe: Path) -> None:
+    def __init__(self, root: Path, probe: Path, **doubles: type) -> None:
+        """``doubles`` replaces the class of a role's double (``captioner=OtherCaptioner``)."""
         self.log = Log()
         self.network = SixteenFilters()
         self.config = make_config(root, probe, *OVERRIDES)
+        kinds = {
+            "captioner": LoggedCaptioner,
+            "concept_llm": LoggedLLM,
+            "generator": LoggedGenerator,
+            "clip": LoggedClip,
+        } | doubles
         backends = Backends(
             self.config,
             target=TargetNetwork("sixteen-filters", self.network, to_tensor),
-            captioner=LoggedCaptioner(self.log),
-            concept_llm=LoggedLLM(self.log),
-            generator=LoggedGenerator(self.log),
-            clip=LoggedClip(self.log),
+            **{role: kind(self.log) for role, kind in kinds.items()},
         )
         self.pipeline = Pipeline(self.config, backends, prompts_dir=PROMPTS)
 
@@ -201,6 +205,18 @@ class Run:
         shutil.rmtree(layout.cache_dir(self.config.output_dir), ignore_errors=True)
         if images:
             shutil.rmtree(layout.images_dir(self.config.output_dir), ignore_errors=True)
+
+
+class OtherCaptioner(LoggedCaptioner):
+    name = "double:other-captioner"
+
+
+class OtherLLM(LoggedLLM):
+    name = "double:other-llm"
+
+
+class OtherClip(LoggedClip):
+    model = "double:other-clip"
 
 
 @pytest.fixture
@@ -326,3 +342,38 @@ def test_out_of_range_neurons_are_a_clear_error(stand_ins):
     with pytest.raises(DnDError, match=r"--neurons: \[7\] out of range, layer conv has 2 neurons \(0-1\)"):
         pipeline.run_until("first", ["conv"], [0, 7])
     assert pipeline.store.load("conv", "record", pipeline.key("record", "conv"), TopImages).n_neurons == 2
+
+
+@pytest.mark.parametrize(
+    ("role", "other", "first_keyed", "asked_for"),
+    [
+        ("captioner", OtherCaptioner, "caption", "captioner"),
+        ("concept_llm", OtherLLM, "summarize", "llm"),
+        ("clip", OtherClip, "score", "clip-image"),
+    ],
+)
+def test_a_run_with_another_injected_model_never_reads_the_first_runs_stage_folders(
+    tmp_path, probe, role, other, first_keyed, asked_for
+):
+    # Two runs on one output folder, with one config; they differ only in the object injected for `role`.
+    first = Run(tmp_path, probe)
+    first.stage("score")
+    written = {
+        stage: first.pipeline.store.stage_dir(LAYER, stage, first.pipeline.key(stage, LAYER)) for stage in STAGE_NAMES
+    }
+    before = first.entries()
+
+    second = Run(tmp_path, probe, **{role: other})
+    asked = second.stage("score")
+
+    changed = STAGE_NAMES[STAGE_NAMES.index(first_keyed) :]  # the stage that stores the model's output, and after
+    for stage in STAGE_NAMES:
+        same = first.pipeline.key(stage, LAYER) == second.pipeline.key(stage, LAYER)
+        assert same == (stage not in changed), stage
+    # The other model did the work of every neuron itself (nothing came from the first run's folders) ...
+    assert sum(n for (b, _), n in asked.items() if b == asked_for) > 0
+    for stage in changed:
+        folder = second.pipeline.store.stage_dir(LAYER, stage, second.pipeline.key(stage, LAYER))
+        assert folder != written[stage] and folder.is_dir(), stage
+    # ... and the first run's folders are as it left them.
+    assert first.entries() == before

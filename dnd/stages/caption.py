@@ -105,6 +105,11 @@ class _ImageKeys:
         )
 
 
+def _extra_inputs(ctx: StageContext) -> dict[str, object]:
+    # The captioner's name: an injected captioner, or one its config section does not fully name, keys its own folder.
+    return {"captioner": ctx.backends.captioner_name()}
+
+
 SPEC = StageSpec(
     name="caption",
     version=1,
@@ -112,4 +117,5 @@ SPEC = StageSpec(
     config_sections=("caption",),
     artifact=Captions,
     compute=compute,
+    extra_inputs=_extra_inputs,
 )

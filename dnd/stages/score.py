@@ -270,6 +270,14 @@ class _ClipInputs:
         return content_key({"clip": self.text_model, "text": text})
 
 
+def _extra_inputs(ctx: StageContext) -> dict[str, object]:
+    # The embedders' names: scores made with other embeddings (or injected embedders) never share a folder.
+    return {
+        "image_embedder": ctx.backends.image_embedder_model(),
+        "text_embedder": ctx.backends.text_embedder_model(),
+    }
+
+
 def _publish(ctx: StageContext, layer: str, labels: Labels) -> None:
     write_exports(labels, ctx.store.layer_dir(layer))
 
@@ -288,4 +296,5 @@ SPEC = StageSpec(
         ),
     },
     publish=_publish,
+    extra_inputs=_extra_inputs,
 )

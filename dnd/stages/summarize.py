@@ -458,7 +458,8 @@ def _numbered(items: list[str]) -> str:
 
 
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
-    return {"seed": ctx.config.seed}  # the shuffles depend on it
+    # The shuffles depend on the seed; the LLM's name keeps another model's (or an injected one's) concepts apart.
+    return {"seed": ctx.config.seed, "llm": ctx.backends.concept_llm_name()}
 
 
 SPEC = StageSpec(

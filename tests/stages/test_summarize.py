@@ -95,7 +95,7 @@ class ScriptedLLM:
 
 
 class NoLLM(Backends):
-    """Backends whose concept LLM must never be built."""
+    """Backends whose concept LLM must never be used: give it the LLM of the earlier run, for its name (the keys)."""
 
     @property
     def concept_llm(self):
@@ -454,8 +454,9 @@ def test_summarises_the_real_caption_stage(tmp_path, image_folder, mixer):
         assert entry.simplified_captions == shortened
         assert entry.concepts == [min(counts, key=lambda item: (-counts[item], item)) + " patterns"]
 
-    # Nothing is asked or built again, even when stage 4 itself is redone.
-    again = Pipeline(config, NoLLM(config, target=mixer), prompts_dir=PROMPTS)
+    # Nothing is asked or built again, even when stage 4 itself is redone by the same models.
+    same_models = NoLLM(config, target=mixer, captioner=ColourCaptioner(), concept_llm=ScriptedLLM(answer))
+    again = Pipeline(config, same_models, prompts_dir=PROMPTS)
     assert again.run_until("summarize", ["conv"], force_stages={"summarize"})["conv"] == folder
     assert read_model(folder / "artifact.json", Concepts) == concepts
     assert json.loads((folder / "manifest.json").read_text())["counts"]["llm_requests"] == 0
