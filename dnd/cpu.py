@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 import os
 import platform
 from collections.abc import Iterable, Iterator
@@ -68,15 +67,10 @@ def tuned() -> bool:
 
 
 def worker_init(enabled: bool, _worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a worker tunes itself like its parent (forked workers already inherited it;
-    spawned ones start afresh). Use as ``functools.partial(worker_init, tuned())``."""
+    """A DataLoader worker tunes itself like its parent (forked workers already inherited it; spawned ones start
+    afresh): ``enabled`` is the parent's :func:`tuned`. Called by :func:`dnd.children.worker_init`."""
     if enabled:
         tune_process()
-
-
-def worker_init_fn() -> functools.partial[None]:
-    """The ``worker_init_fn`` to give a DataLoader created in this process."""
-    return functools.partial(worker_init, tuned())
 
 
 class BesideWorkers(Iterable[T]):

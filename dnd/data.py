@@ -8,15 +8,16 @@ reports them so a stage can skip and count them.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from dnd import cpu
+from dnd import children, cpu
 from dnd.config import ProbeConfig
 from dnd.errors import DnDError
 
@@ -28,12 +29,26 @@ class UnreadableImage(Exception):
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Decode an image file fully into RGB, raising :class:`UnreadableImage` for anything broken."""
+    """Decode an image file fully into RGB, raising :class:`UnreadableImage` for anything broken.
+
+    Broken means anything that stops the decoding: a broken symbolic link, an empty, truncated or corrupt file, one
+    that is no image, or one PIL refuses as a decompression bomb (over twice ``PIL.Image.MAX_IMAGE_PIXELS``, about
+    179 million pixels): a hostile or damaged file costs its own image, never the run.
+    """
     try:
+        if path.is_symlink() and not path.exists():
+            raise UnreadableImage(f"broken symbolic link to {os.readlink(path)}, which does not exist")
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file")
         with Image.open(path) as image:
             image.load()  # decode now, so truncated files fail here rather than inside a worker's transform
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        reason = str(exc).rstrip(".")
+        raise UnreadableImage(f"too large to decode safely: {reason}; downscale it, or leave it out") from None
+    except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error, MemoryError, ... on hostile files
         raise UnreadableImage(f"{type(exc).__name__}: {exc}") from None
 
 
@@ -118,7 +133,8 @@ def _folder_probe(config: ProbeConfig, setting: str = "probe.path") -> ProbeSet:
             files = sorted(
                 p.relative_to(root).as_posix()
                 for p in root.rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                # a broken link stays in: it is skipped and named when read, like any unreadable image
+                if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or (p.is_symlink() and not p.exists()))
             )
         except OSError as exc:
             raise DnDError(f"{_folder_of(setting)} {root} cannot be read ({exc}); fix its permissions") from None
@@ -131,7 +147,7 @@ def _folder_probe(config: ProbeConfig, setting: str = "probe.path") -> ProbeSet:
     class_names, labels = _index_classes(classes)
     digest = hashlib.sha256()
     for image_id, path in zip(ids, paths, strict=True):
-        digest.update(f"{image_id}\0{path.stat().st_size}\n".encode())
+        digest.update(f"{image_id}\0{_size(path)}\n".encode())
     return ProbeSet(
         ids=ids,
         load=_FileLoader(paths),
@@ -139,6 +155,14 @@ def _folder_probe(config: ProbeConfig, setting: str = "probe.path") -> ProbeSet:
         labels=labels,
         class_names=class_names,
     )
+
+
+def _size(path: Path) -> int:
+    """The file's size in bytes, or -1 for a broken link."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _folder_prefixes(roots: list[Path]) -> list[str]:
@@ -286,7 +310,7 @@ def batch_loader(
         num_workers=num_workers,
         collate_fn=collate_skipping_unreadable,
         pin_memory=pin_memory,
-        worker_init_fn=cpu.worker_init_fn(),
+        worker_init_fn=children.worker_init_fn(),
     )
     return cpu.BesideWorkers(loader, num_workers)
 
@@ -304,7 +328,7 @@ def image_loader(
         batch_sampler=batches,
         num_workers=num_workers,
         collate_fn=list,
-        worker_init_fn=cpu.worker_init_fn(),
+        worker_init_fn=children.worker_init_fn(),
     )
     return cpu.BesideWorkers(loader, num_workers)
 

@@ -1,10 +1,15 @@
 """One run at a time per run folder: an advisory lock on ``<output_dir>/<run>/.lock`` held while a run writes there.
 
-The lock is an ``flock`` on the file, which the operating system releases when the holding process exits, however it
-exits (a SIGKILL included), so a crashed run never leaves a stale lock behind on a local disk. The file names the
-holder (pid, host, start time, command) for the message a second run gets. Runs under other names in the same
-output folder are not excluded: what they share (per-item caches, the image store) is content-keyed and written
-atomically.
+The lock is a POSIX record lock (``fcntl.lockf``) on the file, which the operating system releases when the holding
+process exits, however it exits (a SIGKILL included), so a crashed run never leaves a stale lock behind. Unlike an
+``flock``, a record lock belongs to the process alone: forked children (DataLoader workers, any pool) inherit the
+descriptor but not the lock, so a child that outlives a killed run cannot keep its folder locked. It also works on
+NFS. The file names the holder (pid, host, start time, command) for the message a second run gets. Runs under other
+names in the same output folder are not excluded: what they share (per-item caches, the image store) is
+content-keyed and written atomically.
+
+A process's record locks on a file go when it closes *any* descriptor of that file, so nothing but this module opens
+a ``.lock`` file, and a process that holds it never reads it through another descriptor.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ class RunLock:
         import fcntl
 
         os.ftruncate(fd, 0)  # the file stays (removing a locked file lets two runs lock two files)
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
         os.close(fd)
 
     def _lock(self) -> int | None:
@@ -71,8 +76,8 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the whole file, however long it grows
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: the platforms differ
             os.close(fd)
             raise DnDError(self._taken_message()) from None
         except OSError as exc:  # a filesystem without locks (some network mounts)

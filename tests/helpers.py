@@ -128,3 +128,18 @@ def write_cifar_config(tmp_path: Path, images: int = 12, **sections: dict) -> Pa
 def stored_images(root: Path) -> list[Path]:
     """The file of every key in the image store at ``root`` (not the deduplicated pixel files they link to)."""
     return sorted(path for path in root.rglob("*.png") if "pixels" not in path.relative_to(root).parts)
+
+
+def write_decompression_bomb(path: Path, side: int = 30_000) -> Path:
+    """A PNG that claims ``side`` × ``side`` pixels (900 million by default) in a few hundred bytes: a valid header
+    and one compressed row, so PIL refuses it as a decompression bomb the moment it reads the header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    row = zlib.compress(b"\0" * (side + 1), 9)  # the first scanline only: what follows is "missing"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b""))
+    return path

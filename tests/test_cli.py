@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from dnd.cli import app
-from tests.helpers import write_cifar_config, write_images
+from tests.helpers import write_cifar_config, write_decompression_bomb, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -60,6 +61,34 @@ def test_corrupt_image_is_reported_not_fatal(cifar_config, tmp_path):
     result = invoke("run", "record", "--config", cifar_config)
     assert result.exit_code == 0, result.output
     assert "skipped 1 unreadable image(s): broken.jpg" in result.output
+
+
+def test_hostile_and_broken_files_are_named_with_their_reasons_and_the_rest_is_recorded(cifar_config, tmp_path):
+    probe = tmp_path / "probe"
+    bomb = write_decompression_bomb(probe / "bomb.png")
+    assert bomb.stat().st_size < 2_000  # 900 million pixels claimed
+    (probe / "empty.jpg").write_bytes(b"")
+    (probe / "gone.jpg").symlink_to(tmp_path / "no-such-image.jpg")
+    whole = (probe / "img000.png").read_bytes()
+    Image.open(probe / "img000.png").save(probe / "truncated.jpg", quality=95)
+    (probe / "truncated.jpg").write_bytes((probe / "truncated.jpg").read_bytes()[:300])
+
+    # The images are decoded in worker processes, where the decompression bomb used to end the run.
+    result = invoke("run", "record", "--config", cifar_config, "--set", "probe.num_workers=2")
+
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "record 64 neurons over 12 images, top-4 each" in output
+    assert "skipped 4 unreadable image(s):" in output
+    for name in ("bomb.png (too large to decode safely", "empty.jpg (empty file)", "gone.jpg (broken symbolic link"):
+        assert name in output, output
+    assert "truncated.jpg (" in output and "Traceback" not in output
+    top = json.loads(next((tmp_path / "outputs" / "cli" / "layer3").glob("record-*/artifact.json")).read_text())
+    reasons = {skipped["image_id"]: skipped["reason"] for skipped in top["skipped"]}
+    assert sorted(reasons) == ["bomb.png", "empty.jpg", "gone.jpg", "truncated.jpg"]
+    assert "downscale it, or leave it out" in reasons["bomb.png"]
+    assert top["n_images"] == 12 and set(top["image_ids"]).isdisjoint(reasons)  # the 12 good images are used
+    assert (probe / "img000.png").read_bytes() == whole
 
 
 def test_layers_lists_module_paths_with_shapes(cifar_config):

@@ -106,11 +106,12 @@ def test_two_processes_under_torchrun_give_the_single_process_artifacts(setup, t
     assert split["crop"]["neuron_batches"] == reference_counts["crop"]["neuron_batches"] == 8
 
 
-def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:
-    """Start ``command`` and SIGKILL it as soon as ``ready()``; fail if it ends first."""
+def kill_when(command: list[str], ready: Callable[[int], bool], timeout: float = 120) -> None:
+    """Start ``command`` and SIGKILL it as soon as ``ready(pid)`` (``pid``: the started process's); fail if it ends
+    first."""
     process = subprocess.Popen(command, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
-    while not ready():
+    while not ready(process.pid):
         assert process.poll() is None, f"the run ended before the kill point: {process.stderr.read().decode()[-2000:]}"
         assert time.monotonic() < deadline, "the kill point never came"
         time.sleep(0.005)
@@ -122,6 +123,10 @@ def files(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
 
+def finished(layer_dir: Path, stage: str) -> bool:
+    return any((folder / "artifact.json").is_file() for folder in files(layer_dir, f"{stage}-*"))
+
+
 def test_killed_inside_record_crop_and_summarize_it_resumes_without_redoing_finished_work(setup, tmp_path):
     server, config, reference, reference_counts, _ = setup
     config = elsewhere(config, tmp_path)
@@ -131,27 +136,24 @@ def test_killed_inside_record_crop_and_summarize_it_resumes_without_redoing_fini
     def partial_files(stage: str, pattern: str) -> list[Path]:
         return [path for folder in files(layer_dir, f".{stage}-*.partial") for path in files(folder, pattern)]
 
-    def finished(stage: str) -> bool:
-        return any((folder / "artifact.json").is_file() for folder in files(layer_dir, f"{stage}-*"))
-
     # 1. Killed inside record, with some shards written.
-    kill_when(command, lambda: len(partial_files("record", "part-*")) >= 3)
+    kill_when(command, lambda _pid: len(partial_files("record", "part-*")) >= 3)
     shards = partial_files("record", "part-*")
-    assert not finished("record") and len(shards) < IMAGES // 40
+    assert not finished(layer_dir, "record") and len(shards) < IMAGES // 40
     recorded = sum(int(p.stem.split("-")[2]) - int(p.stem.split("-")[1]) for p in shards)
     # 2. Killed inside crop, with some neuron batches kept.
-    kill_when(command, lambda: len(partial_files("crop", "neurons-*")) >= 2)
+    kill_when(command, lambda _pid: len(partial_files("crop", "neurons-*")) >= 2)
     batches = len(partial_files("crop", "neurons-*"))
-    assert finished("record") and not finished("crop") and batches < 8
+    assert finished(layer_dir, "record") and not finished(layer_dir, "crop") and batches < 8
     record_counts = counts_of(layer_dir, "record")
     assert record_counts["shards_resumed"] == len(shards)
     assert record_counts["images_recorded"] == IMAGES - recorded  # finished shards were not recorded again
     # 3. Killed inside summarize, with some LLM replies cached.
     llm_cache = tmp_path / "outputs" / "cache" / "llm"
     before = len(server.received)
-    kill_when(command, lambda: len(files(llm_cache, "*/*.json")) >= 8)
+    kill_when(command, lambda _pid: len(files(llm_cache, "*/*.json")) >= 8)
     replies = len(files(llm_cache, "*/*.json"))
-    assert finished("caption") and not finished("summarize")
+    assert finished(layer_dir, "caption") and not finished(layer_dir, "summarize")
     crop_counts = counts_of(layer_dir, "crop")
     assert (crop_counts["neuron_batches_resumed"], crop_counts["neuron_batches"]) == (batches, 8 - batches)
     # 4. The last run completes; every cached reply is reused, every other request asked once.
@@ -161,6 +163,60 @@ def test_killed_inside_record_crop_and_summarize_it_resumes_without_redoing_fini
     assert summarize_counts["cache_hits"] == replies
     assert summarize_counts["llm_requests"] == reference_counts["summarize"]["llm_requests"] - replies
     assert during_kill >= replies  # the killed run asked at least what it kept
+    assert_same_artifacts(artifacts(layer_dir), reference)
+
+
+def processes_of(config: Path) -> list[int]:
+    """The pids of every process whose command line names ``config``: a run's main process, and its forked
+    DataLoader workers (same command line), wherever they were reparented."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(config).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux)."""
+    try:
+        return [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads processes from /proc (Linux)")
+def test_killed_while_its_workers_run_no_process_stays_and_the_rerun_starts_at_once(setup, tmp_path):
+    _server, config, reference, _, _ = setup
+    data = yaml.safe_load(elsewhere(config, tmp_path).read_text())
+    data["probe"]["num_workers"] = 2  # an execution detail: the same keys, so the same artifacts as the reference
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    layer_dir = tmp_path / "outputs" / "cli" / LAYER
+    command = describe_command(config, NEURONS)
+
+    def workers_running_in(stage: str, pattern: str) -> Callable[[int], bool]:
+        def ready(pid: int) -> bool:
+            partial = [path for folder in files(layer_dir, f".{stage}-*.partial") for path in files(folder, pattern)]
+            return len(children_of(pid)) >= 2 and len(partial) >= 1
+
+        return ready
+
+    for stage, pattern in (("record", "part-*"), ("crop", "neurons-*")):
+        kill_when(command, workers_running_in(stage, pattern))
+        deadline = time.monotonic() + 10
+        while processes_of(config) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_of(config) == [], f"processes of the killed run outlived it by 10 s (killed in {stage})"
+        assert not finished(layer_dir, stage), f"{stage} finished before the kill"
+    # The run folder is free at once (no "in use by another run"), and the resumed run ends as an uninterrupted one.
+    run_describe(config, NEURONS)
     assert_same_artifacts(artifacts(layer_dir), reference)
 
 

@@ -61,6 +61,42 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     lock.release()
 
 
+#: A process that takes the lock, then forks a child that outlives it (as an orphaned worker would).
+HOLD_AND_FORK = """
+import os, sys, threading
+from dnd.locking import RunLock
+RunLock(sys.argv[1]).acquire()
+child = os.fork()
+if child == 0:
+    threading.Event().wait(60)
+    os._exit(0)
+print(child, flush=True)
+input()
+"""
+
+
+def test_a_forked_child_that_outlives_the_killed_holder_does_not_keep_the_lock(tmp_path):
+    path = tmp_path / "run" / ".lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AND_FORK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(child, 0)  # the child still runs, holding the inherited descriptor of the lock file...
+        lock = RunLock(path)
+        lock.acquire()  # ...but not the lock, which went with the process that took it
+        lock.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_pipelines_of_one_process_share_the_lock(tmp_path):
     path = tmp_path / "run" / ".lock"
 
