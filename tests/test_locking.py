@@ -21,16 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 HOLD = "from dnd.locking import RunLock; import sys; RunLock(sys.argv[1]).acquire(); print('held', flush=True); input()"
 
 
-def hold_lock(path: Path) -> subprocess.Popen:
-    """Another process holding ``path``'s lock until its stdin closes."""
+def start_holder(path: Path, script: str) -> tuple[subprocess.Popen, str]:
+    """Another process running ``script`` on ``path`` until its stdin closes, and the first line it prints."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(path)],
+        [sys.executable, "-c", script, str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    assert holder.stdout is not None
+    return holder, holder.stdout.readline().strip()
+
+
+def hold_lock(path: Path) -> subprocess.Popen:
+    """Another process holding ``path``'s lock until its stdin closes."""
+    holder, said = start_holder(path, HOLD)
+    assert said == "held"
     return holder
 
 
@@ -77,15 +84,8 @@ input()
 
 def test_a_forked_child_that_outlives_the_killed_holder_does_not_keep_the_lock(tmp_path):
     path = tmp_path / "run" / ".lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_AND_FORK, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert holder.stdout is not None
-    child = int(holder.stdout.readline())
+    holder, said = start_holder(path, HOLD_AND_FORK)
+    child = int(said)
     try:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
