@@ -243,6 +243,12 @@ class SynthesizeConfig(_Section):
     )
     images_per_concept: int = Field(10, ge=1, description="Images generated per concept (Q).")
     batch_size: int = execution_detail(8, ge=1, description="Images generated together.")
+    channels_last: bool = execution_detail(
+        True, description="CUDA: the UNet and VAE run channels-last (faster float16 convolutions); ignored on the CPU."
+    )
+    compile: bool = execution_detail(
+        False, description="torch.compile the UNet (the first batches compile, later ones run faster)."
+    )
 
 
 class ScoreConfig(_Section):
@@ -285,6 +291,11 @@ class EmbedConfig(_Section):
         "sentence-transformers/all-mpnet-base-v2", description="Sentence-embedding model id or folder."
     )
     batch_size: int = execution_detail(64, ge=1, description="Texts or images embedded together.")
+    half_precision: bool = execution_detail(
+        True,
+        description="CUDA: the run's CLIP (embed.clip_model) in float16, embeddings returned in float32; ignored on "
+        "the CPU.",
+    )
 
 
 class ClipDissectConfig(_Section):

@@ -99,13 +99,16 @@ class ClipEmbedder:
         batch_size: int,
         hint: str = OFFLINE_TEXT_HINT,
         model_class: str = "CLIPModel",
+        half_precision: bool = False,
     ):
+        """``half_precision``: float16 weights and pixels on CUDA (ignored elsewhere)."""
         import transformers
 
         self.name, self.model = name, model
         self.device, self.batch_size = device, batch_size
+        self.dtype = torch.float16 if half_precision and device.type == "cuda" else torch.float32
         self.processor = _load(transformers.AutoProcessor, model, hint)
-        self.network = _load(getattr(transformers, model_class), model, hint).to(device).eval()
+        self.network = _load(getattr(transformers, model_class), model, hint).to(device, self.dtype).eval()
         if not hasattr(self.network, "get_image_features") or not hasattr(self.network, "get_text_features"):
             raise ModelLoadError(f"{model} is not an image-text model (CLIP, SigLIP): it cannot embed texts and images")
         self.text_padding: bool | str = "max_length" if "siglip" in self.network.config.model_type else True
@@ -122,7 +125,7 @@ class ClipEmbedder:
     @torch.no_grad()
     def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
         def one_batch(batch: list[Image.Image]) -> torch.Tensor:
-            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
             return _projected(self.network.get_image_features(pixel_values=pixels))
 
         return _embed_batches(images, self.batch_size, one_batch, self.width)
@@ -275,7 +278,7 @@ class PaperTextSpaces:
 def load_clip(config: EmbedConfig, device: torch.device) -> ClipEmbedder:
     """The run's CLIP (``config.clip_model``) for images and texts: stage 6 and CLIP-Dissect embed with it."""
     hint = "Without network access set embed.clip_model to a local CLIP folder (save_pretrained of a CLIPModel)."
-    return ClipEmbedder("clip", config.clip_model, device, config.batch_size, hint)
+    return ClipEmbedder("clip", config.clip_model, device, config.batch_size, hint, half_precision=config.half_precision)
 
 
 def load_image_text_model(spec: str, config: EmbedConfig, device: torch.device) -> ClipEmbedder:
