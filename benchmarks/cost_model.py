@@ -11,7 +11,10 @@ setting its pace (e.g. decoding JPEGs on the CPU against the forward pass on the
   generated once, and free-form LLM labels repeat rarely;
 - **CPU per-item costs are measured here** (:func:`measure_cpu`): decoding an ImageNet photo and preprocessing it
   for ResNet-50, finding a neuron's attention boxes on a 14 × 14 map, cutting and resizing a crop;
-- **GPU per-item figures are assumed**, for an NVIDIA A100, from the sources in :data:`SOURCES`.
+- **GPU per-item figures are assumed**, for an NVIDIA A100, from the sources in :data:`SOURCES`, unless a measured
+  run of :mod:`benchmarks.bench_gpu` on a GPU has written :data:`MEASURED_GPU`: the hours are then its measured
+  per-stage rates extrapolated to the same job (:func:`work_items`, :func:`stage_seconds`), and the assumed ones
+  are kept beside them.
 
 Eight GPUs divide every stage's work by eight (the stages split their unique items over the processes); the CPU
 figures assume 8 cores per GPU for loading and cropping.
@@ -20,11 +23,15 @@ figures assume 8 cores per GPU for loading and cropping.
 from __future__ import annotations
 
 import csv
+import json
 import time
+from pathlib import Path
 from typing import Any
 
-from benchmarks.common import SHARED
+from benchmarks.common import ROOT, SHARED
 
+#: Where a full-size run of benchmarks.bench_gpu on CUDA writes its measurements.
+MEASURED_GPU = ROOT / "outputs" / "bench" / "gpu-real-cuda.json"
 PUBLISHED_LABELS = SHARED / "reference" / "dnd" / "resnet50_imagenet_broden_fc.csv"
 
 NEURONS = 1024
@@ -35,6 +42,11 @@ LLM_REQUESTS_PER_NEURON = 15  # no reuse: a shortening per exemplar caption and 
 GENERATED_PER_NEURON = 55  # no reuse: 5–6 concepts × 10 images
 TOP_POOL = 10  # generated images per neuron that Image Products embeds
 CPU_CORES_PER_GPU = 8
+#: The stages in order, as work items and measured rates name them.
+STAGES = ("record", "crop", "caption", "summarize", "synthesize", "score")
+#: ResNet-50's layers a whole-network run describes, with their neurons; ``fc`` has no spatial maps, so no crops.
+RESNET50_LAYERS = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048, "fc": 1000}
+LAYERS_WITHOUT_MAPS = frozenset({"fc"})
 LLM_SECONDS_PER_REQUEST = 1.0  # a hosted model's latency for a short answer (gpt-4o-mini class)
 LLM_CONCURRENCY = 8  # summarize.openai.concurrency, per process
 
@@ -108,9 +120,13 @@ def measure_cpu(samples: int = 40) -> dict[str, float]:
     return {"decode_and_preprocess_s": decode, "attention_boxes_s": boxes, "crop_and_tensorize_s": crop}
 
 
-def estimate(work: dict[str, Any], cpu: dict[str, float] | None = None) -> dict[str, Any]:
+def estimate(
+    work: dict[str, Any], cpu: dict[str, float] | None = None, measured_gpu: Path = MEASURED_GPU
+) -> dict[str, Any]:
     """Minutes per stage and hours in all, per preset, on 1 and 8 GPUs, from the measured ``work`` per neuron
-    (:func:`benchmarks.bench_scale._work_per_neuron`) and the CPU costs (measured now unless given)."""
+    (:func:`benchmarks.bench_scale._work_per_neuron`) and the CPU costs (measured now unless given); from the GPU
+    measurements in ``measured_gpu`` instead where that file exists (the assumed figures' hours are then kept under
+    ``hours_from_assumed_figures``)."""
     cpu = cpu or measure_cpu()
     distinct = distinct_concept_share()
     items = {
@@ -124,7 +140,7 @@ def estimate(work: dict[str, Any], cpu: dict[str, float] | None = None) -> dict[
     presets = {name: _hours(items, gpu, cpu, batched=True) for name, gpu in PRESETS.items()}
     naive = {**items, "captions": NEURONS * TOP_K, "generated_images": NEURONS * GENERATED_PER_NEURON}
     presets["released code (one at a time)"] = _hours(naive, RELEASED_CODE, cpu, batched=False)
-    return {
+    model = {
         "job": f"ResNet-50 layer3 ({NEURONS} neurons), ImageNet val ({PROBE_IMAGES} images), A100 GPUs",
         "distinct_concept_share_published_fc_labels": round(distinct, 3),
         "work_items": {name: round(value) for name, value in items.items()},
@@ -132,6 +148,53 @@ def estimate(work: dict[str, Any], cpu: dict[str, float] | None = None) -> dict[
         "cpu_cores_per_gpu_assumed": CPU_CORES_PER_GPU,
         "gpu_figures_assumed": {"presets": PRESETS, "released_code": RELEASED_CODE, "sources": SOURCES},
         "hours": presets,
+    }
+    if measured_gpu.is_file():
+        measured = json.loads(measured_gpu.read_text())
+        model["job"] = model["job"].replace("A100 GPUs", measured["device"])
+        model["gpu_figures_measured"] = {
+            "file": str(measured_gpu),
+            "device": measured["device"],
+            "when": measured["when"],
+            "rates": {name: preset["rates"] for name, preset in measured["presets"].items()},
+            "assumed": measured["assumed"],
+        }
+        model["hours_from_assumed_figures"] = presets
+        model["hours"] = {name: preset["layer"] for name, preset in measured["presets"].items()}
+    return model
+
+
+def work_items(layers: dict[str, int], per_neuron: dict[str, float], probe_images: int) -> dict[str, float]:
+    """Work of each stage to describe ``layers`` (module path → neurons) over ``probe_images`` images.
+
+    ``per_neuron`` holds ``crops`` (crop images besides the top-K), ``captions`` (images captioned),
+    ``llm_requests`` and ``generated_images``. Stage 1 runs one pass for every layer; crop runs the network on the
+    top-K images and the crops of each neuron of a layer with spatial maps (none for ``fc``); score counts neurons.
+    """
+    neurons = sum(layers.values())
+    mapped = sum(count for layer, count in layers.items() if layer not in LAYERS_WITHOUT_MAPS)
+    return {
+        "record": float(probe_images),
+        "crop": mapped * (TOP_K + per_neuron["crops"]),
+        "caption": neurons * per_neuron["captions"],
+        "summarize": neurons * per_neuron["llm_requests"],
+        "synthesize": neurons * per_neuron["generated_images"],
+        "score": float(neurons),
+    }
+
+
+def stage_seconds(items: dict[str, float], rates: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage: its work ``items`` over its ``rates`` (items per second, e.g. as measured on a slice)."""
+    return {stage: items[stage] / rates[stage] for stage in items}
+
+
+def hours(seconds: dict[str, float], splits_over_gpus: bool = True) -> dict[str, Any]:
+    """Minutes per stage on one GPU and hours in all on one and on eight (None where the work does not split)."""
+    total = sum(seconds.values())
+    return {
+        "minutes_per_stage_on_1_gpu": {stage: round(value / 60, 1) for stage, value in seconds.items()},
+        "total_1_gpu": round(total / 3600, 2),
+        "total_8_gpus": round(total / 8 / 3600, 2) if splits_over_gpus else None,
     }
 
 
@@ -163,29 +226,41 @@ def _hours(items: dict[str, float], gpu: dict[str, float], cpu: dict[str, float]
         "synthesize": items["generated_images"] * gpu["sd_seconds"],
         "score": items["generated_images"] / gpu["resnet50"] + items["clip_embeddings"] / gpu["clip"],
     }
-    total = sum(seconds.values())
-    result = {"minutes_per_stage_on_1_gpu": {stage: round(value / 60, 1) for stage, value in seconds.items()}}
-    result["total_1_gpu"] = round(total / 3600, 1)
-    result["total_8_gpus"] = round(total / 8 / 3600, 2) if batched else None  # the released code uses one GPU
-    return result
+    return hours(seconds, splits_over_gpus=batched)  # the released code uses one GPU
 
 
 def lines(model: dict[str, Any]) -> list[str]:
     """The cost model as a few lines of text: what was measured, what was assumed, hours per preset."""
     measured = model["cpu_seconds_per_item_measured"].items()
     cpu = ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {value * 1000:.2f} ms" for name, value in measured)
-    out = [
-        f"cost model: {model['job']}",
+    measured_gpu = model.get("gpu_figures_measured")
+    out = [f"cost model: {model['job']}"]
+    if measured_gpu is not None:
+        out += [
+            f"  measured on {measured_gpu['device']} ({measured_gpu['file']}, {measured_gpu['when']}): every stage's "
+            f"throughput under each preset, on a slice of the layer with full-size random-weight models",
+            f"  assumed there: {measured_gpu['assumed']}",
+        ]
+        out += _hour_lines(model["hours"])
+        out.append("  with the assumed A100 figures instead:")
+    out += [
         f"  measured here: CPU per item on one core ({cpu}); work per neuron from the scaling run (crops, unique "
         f"exemplar images)",
         f"  assumed: A100 throughputs (gpu_figures_assumed.sources), LLM {LLM_SECONDS_PER_REQUEST:g} s per request "
         f"with {LLM_CONCURRENCY} in flight per process, {CPU_CORES_PER_GPU} CPU cores per GPU, "
         f"{LLM_REQUESTS_PER_NEURON} LLM requests and {GENERATED_PER_NEURON} x "
         f"{model['distinct_concept_share_published_fc_labels']} generated images per neuron (the distinct share of "
-        f"the published ResNet-50 fc labels)",
+        f"the published ResNet-50 fc labels)"
+        + ("" if measured_gpu else f"; no measured GPU run ({MEASURED_GPU.name}: python -m benchmarks.run gpu, CUDA)"),
     ]
-    for name, hours in model["hours"].items():
-        eight = f", {hours['total_8_gpus']} h on 8" if hours["total_8_gpus"] is not None else ""
-        stages = ", ".join(f"{stage} {value:g}" for stage, value in hours["minutes_per_stage_on_1_gpu"].items())
-        out.append(f"  {name}: {hours['total_1_gpu']} h on 1 GPU{eight}  (minutes on 1 GPU: {stages})")
+    out += _hour_lines(model.get("hours_from_assumed_figures", model["hours"]))
+    return out
+
+
+def _hour_lines(presets: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    for name, result in presets.items():
+        eight = f", {result['total_8_gpus']} h on 8" if result["total_8_gpus"] is not None else ""
+        stages = ", ".join(f"{stage} {value:g}" for stage, value in result["minutes_per_stage_on_1_gpu"].items())
+        out.append(f"  {name}: {result['total_1_gpu']} h on 1 GPU{eight}  (minutes on 1 GPU: {stages})")
     return out

@@ -23,6 +23,7 @@ from benchmarks import (
     bench_cpu,
     bench_describe,
     bench_final_layer,
+    bench_gpu,
     bench_record,
     bench_report,
     bench_scale,
@@ -40,9 +41,10 @@ DEFAULT = {
     "report": bench_report.run,
     "scale": bench_scale.run,
 }
-#: Run by name only: the naive way's time (the scale benchmark counts its work per neuron in every default run) and
-#: stage 4 alone across three layers, the tool for editing prompts/ (also ``python -m benchmarks.bench_summarize``).
-EXTRA = {"naive": bench_describe.run_naive, "summarize": bench_summarize.run}
+#: Run by name only: the naive way's time (the scale benchmark counts its work per neuron in every default run),
+#: stage 4 alone across three layers, the tool for editing prompts/ (also ``python -m benchmarks.bench_summarize``),
+#: and the paper's setting at real size on a GPU (a small smoke run on a CPU; also ``python -m benchmarks.bench_gpu``).
+EXTRA = {"naive": bench_describe.run_naive, "summarize": bench_summarize.run, "gpu": bench_gpu.run}
 BENCHMARKS = {**DEFAULT, **EXTRA}
 
 
@@ -80,6 +82,10 @@ def main() -> None:
         if "cost_model" in results["scale"]:
             for line in cost_model.lines(results["scale"]["cost_model"]):
                 console.print(line, highlight=False, soft_wrap=True)
+    if "gpu" in only and "failed" not in results["gpu"]:  # measured rates and hours per preset
+        console.rule("GPU cost, in short")
+        for line in bench_gpu.table(results["gpu"]):
+            console.print(line, highlight=False, soft_wrap=True)
     console.print(f"{len(only)} benchmarks in {sum(seconds[name] for name in only) / 60:.1f} min")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -63,6 +63,16 @@ def test_key_fields_drop_execution_details():
     assert "shard_size" not in key_fields(RunConfig().record)
     assert key_fields(RunConfig().execution) == {}  # GPU throughput options change no key
     assert not {"autocast", "shard_seconds"} & set(key_fields(RunConfig().record))
+    assert not {"batch_size", "channels_last", "compile"} & set(key_fields(RunConfig().synthesize))
+    assert "half_precision" not in key_fields(RunConfig().embed)
+
+
+def test_the_fast_preset_changes_only_the_sampling_steps_of_the_paper_config():
+    paper, fast = (load_config(CONFIGS / name) for name in ("resnet50_imagenet.yaml", "fast.yaml"))
+    for section in ("target", "probe", "record", "crop", "caption", "summarize", "score", "embed"):
+        assert key_fields(getattr(fast, section)) == key_fields(getattr(paper, section)), section
+    assert key_fields(fast.synthesize) == {**key_fields(paper.synthesize), "steps": 20}
+    assert paper.synthesize.steps == 50 and fast.synthesize.scheduler == "dpm_multistep"
 
 
 @pytest.mark.parametrize(("value", "precision"), [("true", "float16"), ("false", "off"), ("bfloat16", "bfloat16")])
