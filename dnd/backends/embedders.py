@@ -278,7 +278,8 @@ class PaperTextSpaces:
 def load_clip(config: EmbedConfig, device: torch.device) -> ClipEmbedder:
     """The run's CLIP (``config.clip_model``) for images and texts: stage 6 and CLIP-Dissect embed with it."""
     hint = "Without network access set embed.clip_model to a local CLIP folder (save_pretrained of a CLIPModel)."
-    return ClipEmbedder("clip", config.clip_model, device, config.batch_size, hint, half_precision=config.half_precision)
+    half = config.half_precision
+    return ClipEmbedder("clip", config.clip_model, device, config.batch_size, hint, half_precision=half)
 
 
 def load_image_text_model(spec: str, config: EmbedConfig, device: torch.device) -> ClipEmbedder:
