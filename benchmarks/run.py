@@ -24,6 +24,7 @@ from benchmarks import (
     bench_describe,
     bench_final_layer,
     bench_gpu,
+    bench_quality,
     bench_record,
     bench_report,
     bench_scale,
@@ -38,6 +39,7 @@ DEFAULT = {
     "record": bench_record.run,
     "describe": bench_describe.run,
     "final_layer": bench_final_layer.run,
+    "quality": bench_quality.run,
     "report": bench_report.run,
     "scale": bench_scale.run,
 }
@@ -82,6 +84,10 @@ def main() -> None:
         if "cost_model" in results["scale"]:
             for line in cost_model.lines(results["scale"]["cost_model"]):
                 console.print(line, highlight=False, soft_wrap=True)
+    if "quality" in only and "failed" not in results["quality"]:  # hidden-layer label quality, per network
+        console.rule("hidden-layer label quality, in short")
+        for line in bench_quality.table(results["quality"]):
+            console.print(line, highlight=False, soft_wrap=True)
     if "gpu" in only and "failed" not in results["gpu"]:  # measured rates and hours per preset
         console.rule("GPU cost, in short")
         for line in bench_gpu.table(results["gpu"]):
