@@ -195,13 +195,6 @@ class SummarizeConfig(_Section):
     )
     max_attempts: int = Field(3, ge=1, description="Asks per answer, re-asking with the reason when invalid.")
     max_words: int = Field(5, ge=1)
-    caption_candidates: int = Field(
-        0,
-        ge=0,
-        description="Also propose the neuron's this many most frequent caption phrases (a caption, or one of the "
-        "alternatives a classifier's caption offers, 'tabby' of 'tiger cat or tabby') shared by two or more "
-        "exemplars, as candidates for stage 6 to score beside the LLM's (0: the LLM's only, the method's).",
-    )
     background_suffixes: list[str] = Field(
         default_factory=lambda: ["design", "designs", "graphic", "graphics"],
         description="Labels ending in one of these also get a '<label> background' variant.",

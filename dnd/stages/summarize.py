@@ -374,8 +374,7 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Concepts, dict[str, in
     for neuron, texts in captions.items():
         own_shortenings = [shortened[text] for text in dict.fromkeys(texts)] if config.simplify_captions else []
         simplified = descriptions[neuron] if config.simplify_captions else []
-        shared = _shared_phrases(texts, config.caption_candidates, config.max_words)
-        results.append(_neuron_concepts(neuron, simplified, own_shortenings, outcomes[neuron], shared, asker, config))
+        results.append(_neuron_concepts(neuron, simplified, own_shortenings, outcomes[neuron], asker, config))
     # 8. The layer's concepts, and what this run asked.
     artifact = Concepts(
         layer=work.layer, llm=asker.identity, neurons=results, usage=asker.total_usage(list(asker.usage))
@@ -390,17 +389,12 @@ def _neuron_concepts(
     simplified: list[str],
     shortenings: list[_Outcome],
     summaries: list[_Outcome],
-    shared: list[str],
     asker: _Asker,
     config: SummarizeConfig,
 ) -> NeuronConcepts:
-    """One neuron's entry from the outcomes of its caption shortenings and its summary asks, with ``shared`` caption
-    phrases proposed after the LLM's labels (:func:`_shared_phrases`)."""
+    """One neuron's entry from the outcomes of its caption shortenings and its summary asks."""
     concepts: list[str] = []
-    labels = [outcome.label for outcome in summaries if outcome.label]
-    if labels:  # caption phrases join the LLM's concepts; alone they do not make a neuron described
-        labels += shared
-    for label in dict.fromkeys(labels):
+    for label in dict.fromkeys(outcome.label for outcome in summaries if outcome.label):
         concepts.append(label)
         if label.split()[-1] in config.background_suffixes:
             concepts.append(f"{label} background")
@@ -444,22 +438,6 @@ def _lone_descriptions(captions: list[str], descriptions: list[str]) -> frozense
     ]
     counts = Counter(text for texts in per_exemplar for text in texts)
     return frozenset(text for text, count in counts.items() if count == 1)
-
-
-def _shared_phrases(captions: list[str], count: int, max_words: int) -> list[str]:
-    """The ``count`` normalised phrases of at most ``max_words`` words (an alternative a caption offers, or the whole
-    caption) that the most exemplars' captions hold, each held by at least two; ties in order of first appearance
-    (the better exemplar first, an alternative before the whole caption).
-
-    Why: a small LLM's summary can miss what a neuron's captions plainly share ("sorrel" in most of a horse neuron's
-    class-name captions); proposed as candidates, such phrases are scored by the neuron's activations like any other.
-    """
-    if not count:
-        return []
-    per_exemplar = [dict.fromkeys([*_alternatives(text), normalise_label(text)]) for text in captions]
-    counts = Counter(phrase for phrases in per_exemplar for phrase in phrases if phrase)
-    phrases = [phrase for phrase, held in counts.most_common() if held >= 2 and len(phrase.split()) <= max_words]
-    return phrases[:count]
 
 
 def _alternatives(text: str) -> list[str]:

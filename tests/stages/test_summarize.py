@@ -259,22 +259,6 @@ def test_a_class_name_most_exemplars_offer_is_a_label_but_one_only_one_offers_is
     assert counts["rejected_copy"] == 3 and counts["reasks"] == 3  # egyptian cat, lynx, the whole first caption
 
 
-def test_caption_phrases_most_exemplars_share_join_the_llms_candidates(run_stage):
-    """summarize.caption_candidates: the most shared caption phrases (alternatives first, each held twice or more)
-    follow the LLM's labels; alone they never make a neuron described."""
-    cats = ["tabby or tiger cat", "tiger cat or tabby", "Egyptian cat or tabby", "lynx", "lynx or a big wild cat"]
-    overrides = ("summarize.simplify_captions=false", "summarize.caption_candidates=3", "summarize.max_words=3")
-
-    concepts, _ = run_stage(ScriptedLLM(lambda request: "cats"), *overrides, neurons=[0], captions={0: cats})
-    # tabby (3 exemplars), then tiger cat and lynx (2 each, in order of first appearance); the whole captions are
-    # held once, and "a big wild cat" has too many words.
-    assert concepts.neurons[0].concepts == ["cats", "tabby", "tiger cat", "lynx"]
-
-    too_long = ScriptedLLM(lambda request: "a b c d e f")
-    silent, _ = run_stage(too_long, *overrides, out="b", neurons=[0], captions={0: cats})
-    assert silent.neurons[0].failed is not None and silent.neurons[0].concepts == []
-
-
 def test_too_long_answers_are_rejected_after_max_attempts(run_stage):
     def answer(request):
         kind, _, _ = read_request(request)
