@@ -237,7 +237,7 @@ class StoredActivations:
             images = ProbeSet(ids=image_ids, load=_StoredImages(store, image_ids), fingerprint=content_key(image_ids))
             pinned = target.device.type == "cuda"
             loader = batch_loader(images, target.preprocess, positions, num_workers, pin_memory=pinned)
-            reduce = summary_reducer(record.summary, record.tokens)
+            reduce = summary_reducer(record.summary, record.tokens, target.units)
             for b, batch in zip(todo, track(loader, description, total=len(todo)), strict=True):
                 summaries = torch.empty(0, 0)
                 if batch.pixels is not None:

@@ -102,6 +102,28 @@ class RecordConfig(_Section):
         return value
 
 
+class UnitsConfig(_Section):
+    """What a unit of a layer is: a neuron (both files unset), a latent of a sparse autoencoder on the layer's output,
+    or the projection of its features on one of a set of directions (see :mod:`dnd.units`). Applies to every layer
+    of the run; the file's content hash enters stage 1's key."""
+
+    sae: Path | None = Field(
+        None,
+        description="An SAE's weights: SAELens (sae_weights.safetensors: W_enc [d_in, d_sae], b_enc, b_dec, "
+        "threshold for JumpReLU) or saev (sae.pt) on the layer's output; each latent is a unit.",
+    )
+    directions: Path | None = Field(
+        None,
+        description="A [n_units, d_in] matrix (.safetensors, .pt or .npy); unit u is the layer's features · row u "
+        "(CRAFT / NMF / TCAV concept vectors).",
+    )
+    subtract_b_dec: bool | None = Field(
+        None,
+        description="units.sae: subtract b_dec from the features before encoding; empty means as the checkpoint "
+        "says (SAELens cfg.json's apply_b_dec_to_input, true when absent; saev: false).",
+    )
+
+
 class CropConfig(_Section):
     """Stage 2: attention crops of each top image, re-ranked with the originals into exemplars."""
 
@@ -417,6 +439,7 @@ class RunConfig(_Section):
     probe: ProbeConfig = ProbeConfig()
     layers: list[str] = Field(default_factory=list, description="Layers described when --layer is not given.")
     record: RecordConfig = RecordConfig()
+    units: UnitsConfig = UnitsConfig()
     crop: CropConfig = CropConfig()
     caption: CaptionConfig = CaptionConfig()
     summarize: SummarizeConfig = SummarizeConfig()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from dnd.backends.targets import TargetNetwork
     from dnd.config import ClassifierConfig, RunConfig
     from dnd.data import ProbeSet
+    from dnd.units import UnitMap
 
 
 class Backends:
@@ -72,10 +73,18 @@ class Backends:
         from dnd.backends.targets import load_target
 
         network = self._given["target"] or load_target(self.config.target)
+        network.units = self.units
         network.to(self.device, self.config.execution.memory_format)
         if self.config.execution.compile:
             network.module.compile()
         return network
+
+    @cached_property
+    def units(self) -> UnitMap | None:
+        """The units ``units.*`` defines (an SAE's latents, directions), read once; None for neurons."""
+        from dnd.units import load_units
+
+        return load_units(self.config.units)
 
     def classifier(self, config: ClassifierConfig, setting: str) -> ImageClassifier:
         """The ImageNet classifier ``config`` names, loaded once however many roles use it (``setting`` names the

@@ -17,6 +17,7 @@ from torch import nn
 from dnd.config import TargetConfig, key_fields
 from dnd.errors import DnDError, ModelLoadError
 from dnd.halving import FittingBatches
+from dnd.units import UnitMap
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 OFFLINE_HINT = "Without network access, use configs/offline.yaml or set target.weights to a local checkpoint."
@@ -49,6 +50,9 @@ class TargetNetwork:
     memory_format: torch.memory_format = field(init=False, repr=False, default=torch.contiguous_format)
     #: Forward passes run in batches that fit in GPU memory (halved on CUDA out-of-memory, see dnd.halving).
     batches: FittingBatches = field(init=False, repr=False)
+    #: The units described instead of neurons (``units.*``, set by Backends), or None for neurons; readers of a
+    #: layer's maps go through :func:`summary_reducer` and :func:`unit_maps_reducer`, which apply them.
+    units: UnitMap | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -228,13 +232,35 @@ def _identity(image: Image.Image) -> Image.Image:
     return image
 
 
-def summary_reducer(summary: str, tokens: str) -> Callable[[str, torch.Tensor], torch.Tensor]:
-    """A ``reduce`` for :meth:`TargetNetwork.capture` that summarises every layer like stage 1 (``[B, C]``)."""
+def summary_reducer(
+    summary: str, tokens: str, units: UnitMap | None = None
+) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """A ``reduce`` for :meth:`TargetNetwork.capture` that summarises every layer like stage 1: ``[B, C]`` per
+    neuron, or ``[B, n_units]`` per unit of ``units`` (pass the target's :attr:`TargetNetwork.units`)."""
 
-    def reduce(_layer: str, output: torch.Tensor) -> torch.Tensor:
-        return summarize(output, summary, tokens)
+    def reduce(layer: str, output: torch.Tensor) -> torch.Tensor:
+        if units is None:
+            return summarize(output, summary, tokens)
+        return units.summaries(output, layer, lambda maps: summarize(maps, summary, tokens))
 
     return reduce
+
+
+def unit_maps_reducer(units: UnitMap | None, selected: list[int]) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """A ``reduce`` for :meth:`TargetNetwork.capture` that keeps the maps of the ``selected`` units (neurons when
+    ``units`` is None) in the layer's layout: ``[B, s, H, W]``, tokens ``[B, T, s]``, or ``[B, s]``."""
+
+    def reduce(layer: str, output: torch.Tensor) -> torch.Tensor:
+        if units is not None:
+            return units.maps(output, layer, selected)
+        return output[..., selected] if output.ndim == 3 else output[:, selected]
+
+    return reduce
+
+
+def unit_output_shape(units: UnitMap | None, shape: list[int]) -> list[int]:
+    """The per-image shape of a layer's unit maps, for a layer output of per-image ``shape``."""
+    return shape if units is None else units.output_shape(shape)
 
 
 def summarize(output: torch.Tensor, summary: str, tokens: str) -> torch.Tensor:

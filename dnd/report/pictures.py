@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dnd.artifacts import CropBox, ExemplarImage
+from dnd.backends.targets import unit_maps_reducer
 from dnd.data import UnreadableImage, open_rgb
 from dnd.exemplars import render_exemplar
 from dnd.progress import track
@@ -141,12 +142,15 @@ class Painter:
             if not readable:
                 continue
             pixels = torch.stack([target.tensorize(view) for _, view in readable])
-            output = self.ctx.backends.target.capture(pixels, [self.layer], autocast=self.ctx.config.record.autocast)
-            maps = output[self.layer].float().cpu().numpy()  # [B, C, h, w]
+            needed = sorted({neuron for index, _ in readable for neuron in users[index]})
+            column = {neuron: position for position, neuron in enumerate(needed)}
+            reduce = unit_maps_reducer(target.units, needed)  # the maps of the neurons (or units) shown only
+            output = target.capture(pixels, [self.layer], reduce, self.ctx.config.record.autocast)
+            maps = output[self.layer].float().cpu().numpy()  # [B, len(needed), h, w]
             self.forward_batches += 1
             for row, (index, _) in enumerate(readable):
                 for neuron in users[index]:
-                    raw[neuron, index] = maps[row, neuron]
+                    raw[neuron, index] = maps[row, column[neuron]]
         for neuron, group in groups.items():
             found = [raw[neuron, index] for index in group if (neuron, index) in raw]
             if not found:

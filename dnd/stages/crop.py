@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dnd.artifacts import CropBox, ExemplarImage, Exemplars, NeuronExemplars, NeuronTopImages, TopImages
-from dnd.backends.targets import summary_reducer
+from dnd.backends.targets import summary_reducer, unit_maps_reducer
 from dnd.data import image_loader
 from dnd.exemplars import crop_view
 from dnd.progress import track
@@ -146,7 +146,11 @@ def _crop_and_rank(
         if not readable:
             continue
         pixels = torch.stack([target.tensorize(view) for _, view in readable])
-        maps = target.capture(pixels, [layer], autocast=config.record.autocast)[layer]
+        # Only the maps of the neurons (or units: an SAE's latents) that use these images are computed and kept.
+        needed = sorted({neuron for index, _ in readable for neuron, _ in users[index]})
+        column = {neuron: position for position, neuron in enumerate(needed)}
+        reduce = unit_maps_reducer(target.units, needed)
+        maps = target.capture(pixels, [layer], reduce, config.record.autocast)[layer]
         counts["images_loaded"] += len(readable)
         counts["forward_batches"] += 1
         for row, (index, view) in enumerate(readable):
@@ -154,7 +158,7 @@ def _crop_and_rank(
                 # 3. Boxes from the neuron's map, in the coordinates of the view; their crops join a batched pass
                 #    shared by all neurons.
                 boxes = attention_boxes(
-                    maps[row, neuron].float().cpu().numpy(),
+                    maps[row, column[neuron]].float().cpu().numpy(),
                     view.size,
                     settings.max_crops_per_image,
                     settings.max_iou_between_crops,
@@ -191,7 +195,7 @@ class _CropBatches:
 
     def __init__(self, target: TargetNetwork, layer: str, record: RecordConfig, batch_size: int):
         self.target, self.layer, self.record, self.batch_size = target, layer, record, batch_size
-        self.reduce = summary_reducer(record.summary, record.tokens)
+        self.reduce = summary_reducer(record.summary, record.tokens, target.units)
         self.pending: list[tuple[int, ExemplarImage, torch.Tensor]] = []
         self.done: list[tuple[int, ExemplarImage]] = []
         self.forward_batches = 0

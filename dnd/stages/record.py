@@ -29,20 +29,29 @@ import torch
 
 from dnd.activations import RunningTopK, read_shard_summary, save_shard, shard_path, shard_range, shards_in
 from dnd.artifacts import NeuronTopImages, SkippedImage, TopImages
-from dnd.backends.targets import summarize
+from dnd.backends.targets import summary_reducer, unit_output_shape
 from dnd.data import batch_loader
 from dnd.errors import DnDError
 from dnd.layout import ACTIVATION_SHARDS_FOLDER, ARTIFACT_FILE
 from dnd.progress import track
 from dnd.stages.base import StageContext, StageJob, StageSpec
 from dnd.store import write_model
+from dnd.units import UnitMap
 
 #: A planned batch: probe indices ``start`` to ``end`` (exclusive) and the layers that still need them.
 Batch = tuple[int, int, tuple[str, ...]]
 
 
+#: A shard of units (an SAE's latents) holds at most this many bytes of float32 summaries, so a 64k-latent SAE
+#: writes shards of 1,024 images rather than ``record.shard_size``.
+UNIT_SHARD_BYTES = 256 << 20
+
+
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
-    return {"probe": ctx.probe.fingerprint, "target": ctx.backends.target_identity()}
+    inputs: dict[str, object] = {"probe": ctx.probe.fingerprint, "target": ctx.backends.target_identity()}
+    if ctx.backends.units is not None:  # neurons keep the keys they had before units existed
+        inputs["units"] = ctx.backends.units.identity
+    return inputs
 
 
 def run(ctx: StageContext, jobs: list[StageJob]) -> None:
@@ -103,13 +112,16 @@ def _record(ctx: StageContext, batches: list[Batch], partial: dict[str, Path]) -
         pin_memory=target.device.type == "cuda",
     )
     shard: _Shard | None = None
+    shard_size = config.record.shard_size
+    if target.units is not None:
+        shard_size = min(shard_size, max(UNIT_SHARD_BYTES // (4 * target.units.n_units), 1))
     description = f"record {', '.join(partial)}"
     for (start, end, layers), batch in track(zip(batches, loader, strict=True), description, total=len(batches)):
-        too_big = shard is not None and end - shard.start > config.record.shard_size
+        too_big = shard is not None and end - shard.start > shard_size
         if shard is not None and (shard.end != start or shard.layers != layers or too_big):
             counts["shards_written"] += shard.save(partial, config.record.top_k)
             shard = None
-        shard = shard or _Shard(start, start, layers, config.record.summary, config.record.tokens)
+        shard = shard or _Shard(start, start, layers, config.record.summary, config.record.tokens, target.units)
         shard.skipped.extend(batch.skipped)
         if batch.pixels is not None:
             outputs = target.capture(batch.pixels, list(layers), shard.summarize, config.record.autocast)
@@ -136,6 +148,7 @@ class _Shard:
     layers: tuple[str, ...]
     summary: str = "mean"
     tokens: str = "cls"
+    units: UnitMap | None = None
     indices: list[torch.Tensor] = field(default_factory=list)
     summaries: dict[str, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
     skipped: list[tuple[int, str]] = field(default_factory=list)
@@ -143,9 +156,10 @@ class _Shard:
     began: float = field(default_factory=time.perf_counter)
 
     def summarize(self, layer: str, output: torch.Tensor) -> torch.Tensor:
-        """Hook-side reducer: remembers the layer's per-image output shape, returns ``[B, n_neurons]``."""
-        self.output_shapes.setdefault(layer, list(output.shape[1:]))
-        return summarize(output, self.summary, self.tokens)
+        """Hook-side reducer: remembers the per-image shape of the layer's unit maps, returns ``[B, n_units]``
+        (neurons unless ``units`` are given)."""
+        self.output_shapes.setdefault(layer, unit_output_shape(self.units, list(output.shape[1:])))
+        return summary_reducer(self.summary, self.tokens, self.units)(layer, output)
 
     def age(self) -> float:
         return time.perf_counter() - self.began

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dnd.artifacts import CropBox, Exemplars, TopImages
@@ -269,3 +270,25 @@ def test_efficientnet_blocks_10_crops(tmp_path, shared):
         assert entry.failed is None and len(entry.exemplars) == 5
         activations = [e.activation for e in entry.exemplars]
         assert activations == sorted(activations, reverse=True)
+
+
+# --- units other than neurons ---------------------------------------------------------------------------------------
+
+
+def test_crops_follow_an_sae_latents_map_not_a_channels(tmp_path, squares, mixer):
+    from safetensors.torch import save_file
+
+    # Latent 0 fires on green (ChannelMixer's channel 1), latent 1 on red (channel 0): the channels swapped.
+    sae = tmp_path / "sae.safetensors"
+    save_file({"W_enc": torch.tensor([[0.0, 1.0], [1.0, 0.0]]), "b_enc": torch.zeros(2)}, str(sae))
+    config = make_config(tmp_path, squares, "record.top_k=3", "crop.exemplars=4", f"units.sae={sae}")
+    pipeline = Pipeline(config, backends_for(config, mixer))
+    exemplars, _ = crop_stage(pipeline, [0, 1])
+    top = pipeline.store.load("conv", "record", pipeline.key("record", "conv"), TopImages)
+
+    for entry, recorded in zip(exemplars.neurons, top.neurons, strict=True):
+        channel = 1 - entry.neuron
+        assert recorded.rows == [[0, 5, 2], [4, 3, 2]][entry.neuron]  # green's top images for latent 0, red's for 1
+        crops = {(c.probe_index, corners(c.box)) for c in entry.exemplars if c.box is not None}
+        assert crops == {(i, corners(square(i, channel))) for i in recorded.rows}
+        np.testing.assert_allclose([c.activation for c in entry.exemplars[:3]], 1.0, atol=1e-6)

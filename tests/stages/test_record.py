@@ -236,3 +236,55 @@ def test_a_layer_added_later_records_only_what_it_lacks(tmp_path, image_folder, 
     np.testing.assert_allclose(
         load_activations(folders["conv"])[0].float().numpy(), hand_summaries(image_folder, "mean"), **FLOAT16
     )
+
+
+# --- units other than neurons ---------------------------------------------------------------------------------------
+
+
+def red_green_sae(path: Path) -> Path:
+    """An SAE on ChannelMixer.conv (features red, green − blue): latent 0 = relu(green − blue), latent 1 =
+    relu(red − (green − blue)), latent 2 = relu(red − 0.5), the latent that fires on red."""
+    from safetensors.torch import save_file
+
+    weights = torch.tensor([[0.0, 1.0, 1.0], [1.0, -1.0, 0.0]])
+    save_file({"W_enc": weights, "b_enc": torch.tensor([0.0, 0.0, -0.5])}, str(path))
+    return path
+
+
+def hand_latents(folder: Path) -> np.ndarray:
+    """Per image: the spatial mean of each latent of :func:`red_green_sae`'s map, by hand → ``[n_images, 3]``."""
+    rows = []
+    for path in sorted(folder.glob("*.png")):
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
+        red, green = pixels[..., 0], pixels[..., 1] - pixels[..., 2]
+        latents = [np.maximum(green, 0), np.maximum(red - green, 0), np.maximum(red - 0.5, 0)]
+        rows.append([latent.mean() for latent in latents])
+    return np.array(rows)
+
+
+def test_sae_latents_are_recorded_as_units(tmp_path, image_folder, mixer):
+    neurons_config = make_config(tmp_path, image_folder, "record.top_k=3")
+    neurons = Pipeline(neurons_config, backends_for(neurons_config, mixer))
+    sae = red_green_sae(tmp_path / "sae.safetensors")
+    config = make_config(tmp_path, image_folder, "record.top_k=3", f"units.sae={sae}")
+    pipeline = Pipeline(config, backends_for(config, TargetNetwork("mixer", ChannelMixer(), to_tensor)))
+    top, stage_dir = record(pipeline)
+
+    expected = hand_latents(image_folder)
+    np.testing.assert_allclose(load_activations(stage_dir)[0].float().numpy(), expected, **FLOAT16)
+    assert (top.n_neurons, top.output_shape) == (3, [3, 8, 8])
+    rows = np.argsort(-expected, axis=0, kind="stable")[:3]
+    assert [unit.rows for unit in top.neurons] == rows.T.tolist()
+    # The SAE file's hash is in stage 1's key; plain neurons keep a key without it (the key they always had).
+    assert neurons.key_inputs("record", "conv")["extra"].keys() == {"probe", "target"}
+    sae_hash = pipeline.backends.units.identity["sae"]
+    assert pipeline.key_inputs("record", "conv")["extra"]["units"] == {"sae": sae_hash, "subtract_b_dec": False}
+    assert pipeline.key("record", "conv") != neurons.key("record", "conv")
+
+
+def test_units_of_another_width_stop_with_the_shapes(tmp_path, image_folder, mixer):
+    directions = tmp_path / "directions.npy"
+    np.save(directions, np.ones((4, 5), dtype=np.float32))
+    config = make_config(tmp_path, image_folder, f"units.directions={directions}")
+    with pytest.raises(DnDError, match=r"\(\[5, 4\]\) expects 5 features per position, but layer conv gives 2"):
+        record(Pipeline(config, backends_for(config, mixer)))

@@ -1,0 +1,174 @@
+"""Units other than neurons (dnd.units): reading SAELens, saev and direction files, the units' maps and summaries,
+and the one-line errors for files that do not fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dnd import units as units_module
+from dnd.backends.targets import summarize, summary_reducer, unit_maps_reducer
+from dnd.config import UnitsConfig
+from dnd.errors import DnDError
+from dnd.units import load_units
+
+#: An SAE on 2 features: latent 0 = relu(x1), latent 1 = relu(x0 − x1 − 0.5), latent 2 = x0 where x0 > 0.3 (JumpReLU).
+W_ENC = torch.tensor([[0.0, 1.0, 1.0], [1.0, -1.0, 0.0]])
+B_ENC = torch.tensor([0.0, -0.5, 0.0])
+THRESHOLD = torch.tensor([0.0, 0.0, 0.3])
+
+
+def hand_units(x: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
+    """The SAE above on features ``x [..., 2]`` by hand."""
+    x0, x1 = (x - (0 if b_dec is None else b_dec)).unbind(-1)
+    return torch.stack([x1.clamp_min(0), (x0 - x1 - 0.5).clamp_min(0), x0 * (x0 > 0.3)], dim=-1)
+
+
+def saelens_file(folder: Path, cfg: dict | None = None, **tensors: torch.Tensor) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sae_weights.safetensors"
+    save_file(tensors or {"W_enc": W_ENC, "b_enc": B_ENC, "threshold": THRESHOLD}, str(path))
+    if cfg is not None:
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+    return path
+
+
+def saev_file(path: Path, activation: str = "Relu", **tensors: torch.Tensor) -> Path:
+    """saev's format: a JSON header line, then a torch state dict."""
+    header = {"schema": 2, "cfg": {"d_vit": 2, "exp_factor": 1, "activation": {"cls": activation, "params": {}}}}
+    with path.open("wb") as file:
+        file.write((json.dumps(header) + "\n").encode())
+        torch.save(tensors, file)
+    return path
+
+
+def test_a_saelens_sae_gives_its_latents_at_every_position(tmp_path):
+    units = load_units(UnitsConfig(sae=saelens_file(tmp_path / "sae")))
+    assert (units.kind, units.d_in, units.n_units) == ("sae", 2, 3)
+    output = torch.randn(2, 2, 3, 4)  # [B, C, H, W]
+    expected = hand_units(output.movedim(1, -1)).movedim(-1, 1)
+    torch.testing.assert_close(units.maps(output, "conv"), expected)
+    torch.testing.assert_close(units.maps(output, "conv", [2, 0]), expected[:, [2, 0]])
+    assert units.output_shape([2, 3, 4]) == [3, 3, 4]
+    tokens = torch.randn(2, 5, 2)  # [B, T, C]: units on the last axis
+    torch.testing.assert_close(units.maps(tokens, "blocks.3"), hand_units(tokens))
+    assert units.output_shape([5, 2]) == [5, 3]
+
+
+def test_b_dec_is_subtracted_as_the_checkpoint_says(tmp_path):
+    b_dec = torch.tensor([0.2, -0.1])
+    tensors = {"W_enc": W_ENC, "b_enc": B_ENC, "threshold": THRESHOLD, "b_dec": b_dec}
+    x = torch.randn(4, 2)
+    subtracted = load_units(UnitsConfig(sae=saelens_file(tmp_path / "a", None, **tensors)))
+    torch.testing.assert_close(subtracted.maps(x, "fc"), hand_units(x, b_dec))  # SAELens's default
+    kept = load_units(UnitsConfig(sae=saelens_file(tmp_path / "b", {"apply_b_dec_to_input": False}, **tensors)))
+    torch.testing.assert_close(kept.maps(x, "fc"), hand_units(x))
+    saev = load_units(UnitsConfig(sae=saev_file(tmp_path / "sae.pt", **tensors)))
+    torch.testing.assert_close(saev.maps(x, "fc"), hand_units(x))  # saev's encoder never subtracts b_dec
+    forced = load_units(UnitsConfig(sae=saev_file(tmp_path / "sae.pt", **tensors), subtract_b_dec=True))
+    torch.testing.assert_close(forced.maps(x, "fc"), hand_units(x, b_dec))
+    # How b_dec is used is part of the units' identity (stage 1's key), beside the file's hash.
+    assert subtracted.identity["sae"] == kept.identity["sae"]  # the same tensors, read two ways
+    assert subtracted.identity["subtract_b_dec"] and not kept.identity["subtract_b_dec"]
+
+
+def test_an_nn_linear_encoder_and_log_threshold_are_read(tmp_path):
+    tensors = {"encoder.weight": W_ENC.T.contiguous(), "encoder.bias": B_ENC, "log_threshold": THRESHOLD.log()}
+    path = tmp_path / "sae.pt"
+    torch.save(tensors, path)
+    x = torch.randn(6, 2)
+    torch.testing.assert_close(load_units(UnitsConfig(sae=path)).maps(x, "fc"), hand_units(x))
+
+
+def test_summaries_are_computed_a_block_of_units_at_a_time(tmp_path, monkeypatch):
+    directions = torch.randn(7, 3)
+    path = tmp_path / "directions.npy"
+    np.save(path, directions.numpy())
+    units = load_units(UnitsConfig(directions=path))
+    output = torch.randn(2, 3, 4, 4)
+    whole = summary_reducer("max", "cls", units)("conv", output)
+    monkeypatch.setattr(units_module, "BLOCK_VALUES", 2 * 16 * 2)  # two units per block
+    blocks = summary_reducer("max", "cls", units)("conv", output)
+    expected = torch.einsum("bchw,uc->buhw", output, directions).amax(dim=(2, 3))
+    torch.testing.assert_close(whole, expected)
+    torch.testing.assert_close(blocks, expected)
+    # Without units, the reducers are the neurons' own.
+    torch.testing.assert_close(summary_reducer("mean", "cls")("conv", output), summarize(output, "mean", "cls"))
+    torch.testing.assert_close(unit_maps_reducer(None, [2, 0])("conv", output), output[:, [2, 0]])
+    torch.testing.assert_close(unit_maps_reducer(None, [1])("t", output[..., 0]), output[:, :, :, 0][..., [1]])
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".npy"])
+def test_directions_from_each_format(tmp_path, suffix):
+    directions = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    path = tmp_path / f"concepts{suffix}"
+    if suffix == ".safetensors":
+        save_file({"directions": directions, "mean": torch.zeros(2)}, str(path))
+    elif suffix == ".pt":
+        torch.save(directions, path)
+    else:
+        np.save(path, directions.numpy())
+    units = load_units(UnitsConfig(directions=path))
+    x = torch.tensor([[2.0, 4.0]])
+    torch.testing.assert_close(units.maps(x, "fc"), torch.tensor([[2.0, 3.0]]))  # no bias, no rectification
+    assert units.identity.keys() == {"directions"}
+
+
+def test_neurons_need_no_file():
+    assert load_units(UnitsConfig()) is None
+
+
+def error(config: UnitsConfig) -> str:
+    with pytest.raises(DnDError) as caught:
+        load_units(config)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_keys_are_named_with_the_expected_ones(tmp_path):
+    path = saelens_file(tmp_path / "sae", None, weight=torch.zeros(2, 3), bias=torch.zeros(3))
+    message = error(UnitsConfig(sae=path))
+    assert "found keys ['bias', 'weight']" in message
+    assert "W_enc [d_in, d_sae]" in message and "encoder.weight [d_sae, d_in]" in message
+    save_file({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, str(tmp_path / "two.safetensors"))
+    assert "found keys ['a', 'b']" in error(UnitsConfig(directions=tmp_path / "two.safetensors"))
+
+
+def test_wrong_shapes_name_the_expected_ones(tmp_path):
+    path = saelens_file(tmp_path / "sae", None, W_enc=W_ENC, b_enc=torch.zeros(5))
+    assert "b_enc has shape [5], expected [3] for an encoder of shape [d_in=2, d_sae=3]" in error(UnitsConfig(sae=path))
+    np.save(tmp_path / "flat.npy", np.zeros(4, dtype=np.float32))
+    assert "shape [4]; expected [n_units, d_in]" in error(UnitsConfig(directions=tmp_path / "flat.npy"))
+    # d_in must be the layer's width: found where the layer's output is first seen.
+    units = load_units(UnitsConfig(sae=saelens_file(tmp_path / "ok")))
+    with pytest.raises(DnDError, match=r"expects 2 features per position, but layer layer3 gives 64 \(output \[64, 8"):
+        units.maps(torch.zeros(1, 64, 8, 8), "layer3")
+
+
+def test_files_that_are_no_tensor_file(tmp_path):
+    for name in ("sae.safetensors", "sae.pt", "sae.npy"):
+        (tmp_path / name).write_text("not tensors")
+        assert "is not a readable" in error(UnitsConfig(sae=tmp_path / name))
+    (tmp_path / "sae.txt").write_text("x")
+    assert "expected a .safetensors, .pt or .npy file" in error(UnitsConfig(sae=tmp_path / "sae.txt"))
+    assert "no such file" in error(UnitsConfig(sae=tmp_path / "missing.safetensors"))
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert "holds a list" in error(UnitsConfig(directions=tmp_path / "list.pt"))
+
+
+def test_saes_whose_latents_are_not_one_relu_each_are_refused(tmp_path):
+    path = saev_file(tmp_path / "topk.pt", activation="TopK", W_enc=W_ENC, b_enc=B_ENC)
+    assert "topk SAE" in error(UnitsConfig(sae=path))
+    gated = saelens_file(tmp_path / "gated", {"architecture": "gated"}, W_enc=W_ENC, b_enc=B_ENC)
+    assert "gated SAE" in error(UnitsConfig(sae=gated))
+
+
+def test_one_kind_of_unit_per_run(tmp_path):
+    path = saelens_file(tmp_path / "sae")
+    assert "both set" in error(UnitsConfig(sae=path, directions=path))
