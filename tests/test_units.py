@@ -4,6 +4,7 @@ and the one-line errors for files that do not fit."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,41 @@ def test_saes_whose_latents_are_not_one_relu_each_are_refused(tmp_path):
 def test_one_kind_of_unit_per_run(tmp_path):
     path = saelens_file(tmp_path / "sae")
     assert "both set" in error(UnitsConfig(sae=path, directions=path))
+
+
+# --- describe and report on units, end to end on a tiny network ----------------------------------------------------
+
+
+def test_describe_and_report_label_an_sae_s_latents(tmp_path):
+    from dnd.artifacts import Captions, Exemplars, Labels
+    from dnd.exemplars import render_exemplar
+    from dnd.report.render import write_report
+    from dnd.store import read_model
+    from tests.report.small_run import concept_colour, small_run, strongest_colour
+
+    # ColourNet's conv channels are red, green, blue, red + green; latent 0 fires on green, latent 1 on red.
+    sae = tmp_path / "sae.safetensors"
+    weights = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    save_file({"W_enc": weights, "b_enc": torch.tensor([-0.1, -0.1])}, str(sae))
+    run = small_run(tmp_path, f"units.sae={sae}")
+
+    def artifact(stage, kind):
+        return read_model(next(run.layer_dir.glob(f"{stage}-*")) / "artifact.json", kind)
+
+    exemplars, captions = artifact("crop", Exemplars), artifact("caption", Captions)
+    labels = {entry.neuron: entry for entry in artifact("score", Labels).neurons}
+    assert sorted(labels) == [0, 1]  # the SAE's two latents, not the layer's four channels
+    for unit, colour in ((0, "green"), (1, "red")):
+        assert labels[unit].failed is None and concept_colour(labels[unit].labels[0]) == colour
+        # The exemplars are crops of the latent's own map: each crop shows its colour's square.
+        crops = [e for e in exemplars.neurons[unit].exemplars if e.box is not None]
+        assert crops
+        for crop in crops:
+            shown = render_exemplar(run.pipeline.context.probe, run.pipeline.backends.target, crop)
+            assert strongest_colour(shown) == colour
+        assert all(colour in caption.text for caption in captions.neurons[unit].captions)
+
+    result = write_report(run.pipeline, "conv")
+    assert result.neurons == 2
+    page = (result.index.parent / "neurons" / "0.html").read_text()
+    assert len(re.findall(r"activation \d\.\d{3}, \d crop\(s\)", page)) == 4  # heat maps of latent 0's top images
