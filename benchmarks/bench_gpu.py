@@ -203,7 +203,10 @@ def run(size: str | None = None, out_dir: Path | None = None) -> dict[str, Any]:
     spec = SIZES[size]
     with tempfile.TemporaryDirectory() as tmp:
         bench = _Bench(spec, device, Path(tmp))
-        presets = {name: bench.measure(name, preset) for name, preset in PRESETS.items()}
+        try:
+            presets = {name: bench.measure(name, preset) for name, preset in PRESETS.items()}
+        finally:
+            bench.close()
     measured = {name: result for name, result in presets.items() if "stages" in result}
     per_neuron = _per_neuron(measured[DEFAULT_PRESET], spec.neurons)
     for name, result in measured.items():
@@ -322,6 +325,11 @@ class _Bench:
             from benchmarks.bench_scale import PeakRss
 
             self._rss = PeakRss()
+
+    def close(self) -> None:
+        """Stop the memory sampler (CPU), so a run inside another process leaves no thread behind."""
+        if self.device.type == "cpu":
+            self._rss.close()
 
     def measure(self, name: str, preset: Preset) -> dict[str, Any]:
         """Run the stages ``preset`` changes (all six for the default and the released code's way) on the slice;

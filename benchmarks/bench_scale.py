@@ -152,13 +152,18 @@ def table(results: dict[str, Any]) -> list[str]:
 
 class PeakRss:
     """The resident memory of this process, sampled every 10 ms by a thread: the highest since :meth:`reset`, and the
-    samples since then."""
+    samples since then. :meth:`close` stops the thread (a benchmark run inside another process, such as a test, must
+    not leave it sampling)."""
 
     def __init__(self) -> None:
         self.peak = 0
         self.samples: list[int] = []
         self._page = resource.getpagesize()
+        self._closed = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
 
     def reset(self) -> None:
         self.peak = self.current()
@@ -172,11 +177,10 @@ class PeakRss:
         return round(ordered[len(ordered) // 2] / 2**20, 1)
 
     def _sample(self) -> None:
-        while True:
+        while not self._closed.wait(0.01):
             now = self.current()
             self.peak = max(self.peak, now)
             self.samples.append(now)
-            time.sleep(0.01)
 
 
 def _preprocess(size: int):

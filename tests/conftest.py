@@ -11,6 +11,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import random
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ def shared() -> Path:
 
 @dataclass
 class Offline:
-    """What code did while the network was cut: connections it tried, and the seconds it asked ``time.sleep`` for.
+    """What code did while the network was cut: connections it tried, and the seconds the test's own thread asked
+    ``time.sleep`` for (other threads, such as a sampler another test left behind, sleep as usual, uncounted).
 
     "Fails fast" is checked by these counts, not by a wall clock: a retry loop shows as attempts and backoff sleeps
     however fast or loaded the machine is.
@@ -58,12 +60,16 @@ class Offline:
 def no_network(monkeypatch: pytest.MonkeyPatch) -> Offline:
     """Make every outgoing connection fail at once, as on a machine without hub access; sleeps return at once."""
     offline = Offline()
+    test_thread, real_sleep = threading.get_ident(), time.sleep
 
     def refuse(*_args, **_kwargs):
         offline.connections += 1
         raise OSError("network is unreachable (blocked by the test)")
 
     def count_sleep(seconds: float) -> None:
+        if threading.get_ident() != test_thread:
+            real_sleep(seconds)
+            return
         offline.slept_s += seconds
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
