@@ -5,7 +5,9 @@ is reused and a cold one is made first):
 
 - CIFAR-10 ResNet-20 ``layer3`` (``configs/cifar10_resnet20.yaml``): simulation over the CIFAR-10 test set (the
   probing set) and ablation on it (its class folders are the network's classes);
-- EfficientNet-Lite0 ``blocks.10`` (``configs/offline.yaml``): simulation over the 1,000 ImageNet samples.
+- EfficientNet-Lite0 ``blocks.10`` (``configs/offline.yaml``): simulation over the 1,000 ImageNet samples;
+- the same layer's units as the latents of a 32-latent SAE trained here on its features (``units.sae``; the SAE is
+  kept in ``outputs/sae/``, so its hash and the run's keys stay the same), simulated like the neurons beside them.
 
 Each is scored for our Label 1, our ``dnd clip-dissect`` labels on the same recorded activations (concept set
 ``20k.txt``, the offline caption space standing in for CLIP), and the baselines (labels shuffled across neurons,
@@ -17,6 +19,7 @@ watch when editing ``prompts/`` or scoring.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +34,7 @@ from dnd.evaluate.baselines import quality_sources, run_captions
 from dnd.evaluate.simulation import evaluate_simulation
 from dnd.image_embeddings import CAPTION_SPACE, image_text_space
 from dnd.pipeline import Pipeline
+from dnd.units import train_sae
 
 CIFAR = SHARED / "data" / "cifar10-test"
 CONCEPTS = SHARED / "reference" / "concept-sets" / "20k.txt"
@@ -39,6 +43,9 @@ NETWORKS = {
     "cifar_resnet20 layer3": ("configs/cifar10_resnet20.yaml", "layer3"),
     "efficientnet_lite0 blocks.10": ("configs/offline.yaml", "blocks.10"),
 }
+SAE_NETWORK = "efficientnet_lite0 blocks.10 SAE"
+SAE_LATENTS = 32
+SAE_TRAINING_IMAGES = 200  # every 5th ImageNet sample: 39,200 positions of 112 features
 SHUFFLES = 5
 K = 3
 
@@ -51,7 +58,29 @@ def run() -> dict[str, Any]:
         # The configs as they are (relative paths, from the repository root, as make runs it): the keys of a
         # `make describe` run, so its stages are reused.
         results[network] = quality(load_config(ROOT / config_file), layer, ablate=network.startswith("cifar"))
+    results[SAE_NETWORK] = quality(sae_config(), "blocks.10", ablate=False)
     return results
+
+
+def sae_config() -> Any:
+    """configs/offline.yaml describing the latents of a ReLU SAE on ``blocks.10`` (run ``offline-sae``), trained on
+    its features at every position of :data:`SAE_TRAINING_IMAGES` probe images the first time, then read back."""
+    from safetensors.torch import save_file
+
+    config = load_config(ROOT / "configs" / "offline.yaml")
+    path = Path(config.output_dir) / "sae" / f"efficientnet_lite0-blocks.10-{SAE_LATENTS}.safetensors"
+    if not path.is_file():
+        pipeline = Pipeline(config)
+        probe, target = pipeline.context.probe, pipeline.backends.target
+        indices = range(0, len(probe), len(probe) // SAE_TRAINING_IMAGES)
+        features, size = [], config.probe.batch_size
+        for start in range(0, len(indices), size):
+            pixels = torch.stack([target.preprocess(probe.load(i)) for i in indices[start : start + size]])
+            maps = target.capture(pixels, ["blocks.10"])["blocks.10"].float().cpu()
+            features.append(maps.movedim(1, -1).flatten(0, 2))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(train_sae(torch.cat(features), SAE_LATENTS).tensors, str(path))
+    return load_config(ROOT / "configs" / "offline.yaml", [f"units.sae={path}", "name=offline-sae"])
 
 
 def quality(config: Any, layer: str, ablate: bool) -> dict[str, Any]:
@@ -98,8 +127,8 @@ def table(results: dict[str, Any]) -> list[str]:
     of neurons above 0.1) and, where measured, the ablation score (targeted − untargeted accuracy drop)."""
     if "skipped" in results:
         return [f"quality: skipped ({results['skipped']})"]
-    lines = [f"{'network':<30}{'labels':<24}{'simulation r':>13}{'> 0.1':>7}{'ablation':>10}"]
-    for network in NETWORKS:
+    lines = [f"{'network':<34}{'labels':<24}{'simulation r':>13}{'> 0.1':>7}{'ablation':>10}"]
+    for network in [*NETWORKS, SAE_NETWORK]:
         if network not in results:
             continue
         result = results[network]
@@ -109,7 +138,7 @@ def table(results: dict[str, Any]) -> list[str]:
             ablation = result.get("ablation", {}).get(name)
             cells = f"{simulation['pearson']:>13.4f}{simulation['share_above_0.1']:>7.0%}" if simulation else " " * 20
             cells += f"{ablation['score']:>10.4f}" if ablation else f"{'':>10}"
-            lines.append(f"{network:<30}{name:<24}{cells}")
+            lines.append(f"{network:<34}{name:<24}{cells}")
     return lines
 
 

@@ -278,3 +278,49 @@ def _file_hash(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainedSAE:
+    """What :func:`train_sae` returns: the SAE's tensors under SAELens's names (``W_enc [d_in, d_sae]``, ``b_enc``,
+    ``W_dec [d_sae, d_in]``, ``b_dec``) and its reconstruction error as a share of the features' variance."""
+
+    tensors: dict[str, torch.Tensor]
+    error_before: float
+    error_after: float
+
+
+def train_sae(
+    features: torch.Tensor, latents: int, steps: int = 300, l1: float = 1e-3, lr: float = 3e-3, seed: int = 0
+) -> TrainedSAE:
+    """A small ReLU SAE on ``features [n, d_in]`` (a layer's features at every position of some images), trained
+    full-batch with Adam on the mean squared error over the variance plus ``l1`` times the latents' mean magnitude.
+
+    For trying SAE latents on a network no published SAE covers (a CNN layer), and for the tests and benchmarks;
+    save ``tensors`` with ``safetensors.torch.save_file`` and point ``units.sae`` at the file.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    features = features.float()
+    d_in = features.shape[1]
+    w_enc = (torch.randn(d_in, latents, generator=generator) / d_in**0.5).requires_grad_()
+    w_dec = w_enc.detach().T.clone().requires_grad_()  # tied at the start, free afterwards
+    b_enc = torch.zeros(latents, requires_grad=True)
+    b_dec = features.mean(dim=0).clone().requires_grad_()
+    optimiser = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=lr)
+    variance = (features - features.mean(dim=0)).pow(2).mean()
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.relu((features - b_dec) @ w_enc + b_enc)
+        return (hidden @ w_dec + b_dec - features).pow(2).mean() / variance, hidden.abs().mean()
+
+    with torch.no_grad():
+        before = float(losses()[0])
+    for _ in range(steps):
+        error, magnitude = losses()
+        optimiser.zero_grad()
+        (error + l1 * magnitude).backward()
+        optimiser.step()
+    with torch.no_grad():
+        after = float(losses()[0])
+    tensors = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+    return TrainedSAE({name: t.detach().contiguous() for name, t in tensors.items()}, before, after)

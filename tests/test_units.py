@@ -16,7 +16,7 @@ from dnd import units as units_module
 from dnd.backends.targets import summarize, summary_reducer, unit_maps_reducer
 from dnd.config import UnitsConfig
 from dnd.errors import DnDError
-from dnd.units import load_units
+from dnd.units import load_units, train_sae
 
 #: An SAE on 2 features: latent 0 = relu(x1), latent 1 = relu(x0 − x1 − 0.5), latent 2 = x0 where x0 > 0.3 (JumpReLU).
 W_ENC = torch.tensor([[0.0, 1.0, 1.0], [1.0, -1.0, 0.0]])
@@ -219,35 +219,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SAE_LATENTS = 32
 
 
-def train_sae(features: torch.Tensor, latents: int, steps: int = 300) -> tuple[dict[str, torch.Tensor], float, float]:
-    """A ReLU SAE on ``features [n, d]`` (MSE + L1, Adam): its SAELens tensors and the reconstruction error relative
-    to the features' variance before and after training."""
-    generator = torch.Generator().manual_seed(0)
-    d_in = features.shape[1]
-    w_enc = (torch.randn(d_in, latents, generator=generator) / d_in**0.5).requires_grad_()
-    w_dec = w_enc.detach().T.clone().requires_grad_()
-    b_enc = torch.zeros(latents, requires_grad=True)
-    b_dec = features.mean(dim=0).clone().requires_grad_()
-    optimiser = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=3e-3)
-    variance = (features - features.mean(dim=0)).pow(2).mean()
-
-    def losses() -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = torch.relu((features - b_dec) @ w_enc + b_enc)
-        return ((hidden @ w_dec + b_dec - features).pow(2).mean() / variance, hidden.abs().mean())
-
-    with torch.no_grad():
-        before = float(losses()[0])
-    for _ in range(steps):
-        error, sparsity = losses()
-        optimiser.zero_grad()
-        (error + 1e-3 * sparsity).backward()
-        optimiser.step()
-    tensors = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
-    with torch.no_grad():
-        after = float(losses()[0])
-    return {name: t.detach().contiguous() for name, t in tensors.items()}, before, after
-
-
 class CaptionWordLLM:
     """A stand-in concept LLM (SmolLM2 takes minutes here): answers with the most frequent word of its question's
     descriptions, so a label is one of the latent's caption words."""
@@ -287,9 +258,9 @@ def test_a_trained_sae_on_efficientnet_blocks_10_is_described_offline(tmp_path, 
     paths = sorted(samples.iterdir())[::60][:16]
     pixels = torch.stack([network.preprocess(open_rgb(path)) for path in paths])
     maps = network.capture(pixels, ["blocks.10"])["blocks.10"]
-    tensors, before, after = train_sae(maps.movedim(1, -1).flatten(0, 2), SAE_LATENTS)
-    assert after < 0.6 * before  # it learned to reconstruct (0.88 → 0.39 of the variance left)
-    save_file(tensors, str(tmp_path / "sae_weights.safetensors"))
+    sae = train_sae(maps.movedim(1, -1).flatten(0, 2), SAE_LATENTS)
+    assert sae.error_after < 0.6 * sae.error_before  # it learned to reconstruct (0.88 → 0.39 of the variance left)
+    save_file(sae.tensors, str(tmp_path / "sae_weights.safetensors"))
 
     # 2. The offline preset on its latents, small: 40 images, latents 0-2, a stand-in LLM.
     overrides = [

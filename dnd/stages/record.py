@@ -13,6 +13,9 @@ first asks for the matrix (:func:`~dnd.activations.load_activations`). Ties in t
 
 A layer stage: one pass gives every neuron of a layer, so ``--neurons`` does not narrow it, and ``--force`` records
 the whole layer again. Its key stays the same, so every later stage keeps its finished neurons.
+
+With ``units`` set, a "neuron" here is a unit (an SAE's latent, a direction; :mod:`dnd.units`): its maps are computed
+from the layer's output in the hook, before the summary, and the units' file hash joins the key.
 """
 
 from __future__ import annotations
