@@ -102,6 +102,11 @@ def evaluate_ablation(
     lacks the layer or labels units beyond it, ``k`` exceeds the layer or the labelled neurons, or the folders are
     not the network's classes.
     """
+    if config.units.sae is not None or config.units.directions is not None:
+        raise DnDError(
+            "dnd evaluate ablation zeroes a layer's neurons, not SAE latents or directions: evaluate the labels of "
+            "a run without units.sae / units.directions"
+        )
     labelled = labelled_set_config(config, images)
     backends = backends or Backends(labelled)
     pipeline = Pipeline(labelled, backends)

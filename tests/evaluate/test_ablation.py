@@ -165,3 +165,11 @@ def test_ablation_command_prints_the_table_with_its_baselines(setup, tmp_path, m
     ]
     bad = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "ablation.txt")])
     assert bad.exit_code == 2 and "write results to a .csv" in bad.output
+
+
+def test_units_other_than_neurons_are_not_ablated(tmp_path):
+    directions = tmp_path / "directions.npy"
+    np.save(directions, np.eye(2, dtype=np.float32))
+    config = make_config(tmp_path, tmp_path, f"units.directions={directions}")
+    with pytest.raises(DnDError, match="zeroes a layer's neurons, not SAE latents or directions"):
+        evaluate_ablation(config, {}, "conv", tmp_path, TableEmbedder("minilm", {}))
