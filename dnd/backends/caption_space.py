@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dnd.backends.captioners import Captioner, caption_key
+from dnd.backends.captioners import Captioner, caption_into_cache, caption_key
 from dnd.exemplars import pixel_hash
-from dnd.halving import fitting, joined_lists
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -57,10 +56,7 @@ class CaptionSpace:
         found = {key: self._captions.get(key) for key in dict.fromkeys(keys)}
         missing = {key: image for key, image in zip(keys, images, strict=True) if found[key] is None}
         if missing:
-            texts = fitting("captioner").run(self._captioner().caption, list(missing.values()), joined_lists)
-            for key, text in zip(missing, texts, strict=True):
-                self._captions.put(key, text)
-                found[key] = text
+            found.update(caption_into_cache(self._captioner(), missing, self._captions))
             self.captioned += len(missing)
         return [str(found[key]) for key in keys]
 

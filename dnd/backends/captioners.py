@@ -20,6 +20,7 @@ from PIL import Image
 from dnd.backends.loading import load_model
 from dnd.backends.openai_client import OpenAIClient, server_label
 from dnd.errors import DnDError
+from dnd.halving import fitting, joined_lists
 from dnd.store import content_key
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from dnd.backends.classifier import ImageClassifier
     from dnd.config import CaptionConfig, ClassifierConfig
+    from dnd.store import ItemCache
 
 #: The item-cache namespace of captions (see :class:`dnd.store.ItemCache`).
 CAPTION_CACHE = "captions"
@@ -59,6 +61,23 @@ def caption_key(captioner: str, pixels: str) -> str:
     """The caption cache key of an image for the captioner named ``captioner``: ``pixels`` is the image's
     :func:`dnd.exemplars.pixel_hash`, so the key follows the pixels, not the file they came from."""
     return content_key({"captioner": captioner, "image": pixels})
+
+
+def caption_into_cache(captioner: Captioner, images: dict[str, Image.Image], cache: ItemCache) -> dict[str, str]:
+    """Caption ``images`` (caption key → image) in batches that fit the device, store each caption in ``cache``
+    under its key the moment it exists, and return key → caption.
+
+    Stage 3, the retrieval pool and the offline caption space all caption through here. Raises ``RuntimeError`` when
+    the captioner returns another number of captions than it was given images.
+    """
+    if not images:
+        return {}
+    texts = fitting("captioner").run(captioner.caption, list(images.values()), joined_lists)
+    if len(texts) != len(images):
+        raise RuntimeError(f"captioner {captioner.name} returned {len(texts)} captions for {len(images)} images")
+    for key, text in zip(images, texts, strict=True):
+        cache.put(key, text)
+    return dict(zip(images, texts, strict=True))
 
 
 class BlipCaptioner:

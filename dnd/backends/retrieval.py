@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dnd.backends.captioners import Captioner, caption_key
+from dnd.backends.captioners import Captioner, caption_into_cache, caption_key
 from dnd.data import ProbeSet, UnreadableImage, image_loader, unchanged
 from dnd.distributed import Ranks
 from dnd.errors import DnDError
 from dnd.exemplars import pixel_hash
-from dnd.halving import fitting, joined_lists
 from dnd.progress import track
 
 if TYPE_CHECKING:
@@ -173,12 +172,7 @@ class RetrievalGenerator:
         if not missing:
             return 0
         count = len(missing)
-        texts = fitting("captioner").run(self._captioner().caption, list(missing.values()), joined_lists)
-        if len(texts) != len(missing):
-            raise RuntimeError(f"captioner {self._captioner_name} returned {len(texts)} captions for {len(missing)}")
-        for key, text in zip(missing, texts, strict=True):
-            self._captions.put(key, text)
-            captions[key] = text
+        captions.update(caption_into_cache(self._captioner(), missing, self._captions))
         missing.clear()
         return count
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 from PIL import Image
 
 from dnd.artifacts import Caption, Captions, ExemplarImage, NeuronCaptions, NeuronExemplars
-from dnd.backends.captioners import CAPTION_CACHE, caption_key
+from dnd.backends.captioners import CAPTION_CACHE, caption_into_cache, caption_key
 from dnd.exemplars import ExemplarHashes, ExemplarPixels, hash_exemplars
-from dnd.halving import fitting, joined_lists
 from dnd.progress import track
 from dnd.stages.base import NeuronWork, StageContext, StageSpec
 
@@ -45,13 +44,7 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Captions, dict[str, in
         if batches:
             captioner = ctx.backends.captioner  # built only now: a fully cached run never loads the model
             for batch in track(batches, f"caption {work.layer}"):
-                rendered = [images.render(key) for key in batch]
-                captioned = fitting("captioner").run(captioner.caption, rendered, joined_lists)
-                if len(captioned) != len(batch):
-                    raise RuntimeError(f"captioner {name} returned {len(captioned)} captions for {len(batch)} images")
-                for key, text in zip(batch, captioned, strict=True):
-                    cache.put(key, text)
-                    texts[key] = text
+                texts.update(caption_into_cache(captioner, {key: images.render(key) for key in batch}, cache))
         counts.update(unique_images=len(keys), captioned=len(missing), captioner_calls=len(batches))
         counts["cache_hits"] = len(keys) - len(missing)
         return [texts[key] for key in keys]
