@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import glob
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -63,6 +63,22 @@ class LabelSet(BaseModel):
     def units(self, layer: str) -> dict[int, LabelRow]:
         """``unit → row`` for one layer."""
         return {row.unit: row for row in self.rows if row.layer == layer}
+
+    def check_units(
+        self,
+        layer: str,
+        n_neurons: int,
+        units: Iterable[int] | None = None,
+        fix: str = "is the label file for the network in the config?",
+    ) -> None:
+        """Raise :class:`DnDError`, ending with ``fix``, if any of ``units`` (default: every unit this set labels in
+        ``layer``) is beyond a layer of ``n_neurons`` neurons."""
+        beyond = [unit for unit in (self.units(layer) if units is None else units) if unit >= n_neurons]
+        if beyond:
+            raise DnDError(
+                f"{self.name} labels units {beyond[:5]} of {layer}, but this network's {layer} has {n_neurons} "
+                f"neurons (0-{n_neurons - 1}): {fix}"
+            )
 
     @property
     def name(self) -> str:

@@ -36,7 +36,7 @@ from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
 from dnd.data import UnreadableImage, batch_loader
 from dnd.errors import DnDError
-from dnd.evaluate.classifiers import labelled_set_config
+from dnd.evaluate.classifiers import check_class_folders, labelled_set_config
 from dnd.evaluate.output import write_csv_or_json
 from dnd.pipeline import Pipeline
 from dnd.progress import track
@@ -114,11 +114,7 @@ def evaluate_ablation(
         for labels in draws:
             labels.check_layers([layer])
     probe = pipeline.context.probe
-    if probe.labels is None or len(probe.class_names) < 2:
-        raise DnDError(
-            f"{images} must hold one folder per class with the images inside (<class>/<image>, e.g. "
-            f"../shared/data/cifar10-test), at least two classes and no image at its top level"
-        )
+    check_class_folders(probe, images)
     n_neurons = _layer_width(pipeline, backends, layer)
     first = next(iter(sources.values()))[0]
     candidates = sorted(first.units(layer))
@@ -209,12 +205,7 @@ def _layer_width(pipeline: Pipeline, backends: Backends, layer: str) -> int:
 
 def _check_units(sources: dict[str, list[LabelSet]], layer: str, n_neurons: int, k: int, labelled: int) -> None:
     for draws in sources.values():
-        beyond = [unit for unit in draws[0].units(layer) if unit >= n_neurons]
-        if beyond:
-            raise DnDError(
-                f"{draws[0].name} labels units {beyond[:5]} of {layer}, but this network's {layer} has {n_neurons} "
-                f"neurons (0-{n_neurons - 1}): is the label file for the network in the config?"
-            )
+        draws[0].check_units(layer, n_neurons)
     if k > n_neurons:
         raise DnDError(f"--k {k} is larger than {layer}, which has {n_neurons} neurons: choose --k {n_neurons} or less")
     if k >= labelled:

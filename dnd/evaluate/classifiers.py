@@ -33,6 +33,7 @@ from dnd.backends import Backends
 from dnd.backends.embedders import TextEmbedder
 from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
+from dnd.data import ProbeSet
 from dnd.errors import DnDError
 from dnd.evaluate.metrics import roc_auc
 from dnd.evaluate.output import write_csv_or_json
@@ -103,11 +104,7 @@ def evaluate_classifiers(
     pipeline = Pipeline(labelled, backends or Backends(labelled))
     activations, probe_indices = load_activations(pipeline.run_until("record", [layer])[layer])
     probe = pipeline.context.probe
-    if probe.labels is None or len(probe.class_names) < 2:
-        raise DnDError(
-            f"{images} must hold one folder per class with the images inside (<class>/<image>, e.g. "
-            f"../shared/data/cifar10-test), at least two classes and no image at its top level"
-        )
+    check_class_folders(probe, images)
     beyond = [unit for unit in units if unit >= activations.shape[1]]
     if beyond:
         raise DnDError(
@@ -170,6 +167,15 @@ def _match(
         aurocs=aurocs,
         auroc=sum(aurocs) / len(aurocs),
     )
+
+
+def check_class_folders(probe: ProbeSet, images: Path) -> None:
+    """Raise :class:`DnDError` unless ``probe`` (read from ``images``) is a class-folder tree of two or more classes."""
+    if probe.labels is None or len(probe.class_names) < 2:
+        raise DnDError(
+            f"{images} must hold one folder per class with the images inside (<class>/<image>, e.g. "
+            f"../shared/data/cifar10-test), at least two classes and no image at its top level"
+        )
 
 
 def write_results(evaluation: ClassifierEvaluation, path: Path) -> None:

@@ -243,12 +243,7 @@ def check_prompt(template: str) -> None:
 def _check_fit(labels: LabelSet, layer: str, chosen: list[int], control: torch.Tensor) -> None:
     """Raise :class:`DnDError` when a chosen unit is beyond the layer or the control set is too small for MAD."""
     n_images, n_neurons = control.shape
-    beyond = [n for n in chosen if n >= n_neurons]
-    if beyond:
-        raise DnDError(
-            f"{labels.name} labels units {beyond[:5]} of {layer}, but this network's {layer} has {n_neurons} neurons "
-            f"(0-{n_neurons - 1}): is the label file for this network? Choose others with --neurons"
-        )
+    labels.check_units(layer, n_neurons, chosen, "is the label file for this network? Choose others with --neurons")
     if n_images < MIN_CONTROL_IMAGES:
         raise DnDError(
             f"the probing set has {n_images} readable image(s); the control set needs at least {MIN_CONTROL_IMAGES}"

@@ -134,12 +134,7 @@ def evaluate_simulation(
     activations, probe_indices = load_activations(pipeline.run_until("record", [layer])[layer])
     n_images, n_neurons = activations.shape
     for draws in sources.values():
-        beyond = [unit for unit in draws[0].units(layer) if unit >= n_neurons]
-        if beyond:
-            raise DnDError(
-                f"{draws[0].name} labels units {beyond[:5]} of {layer}, but this network's {layer} has {n_neurons} "
-                f"neurons (0-{n_neurons - 1}): is the label file for the network in the config?"
-            )
+        draws[0].check_units(layer, n_neurons)
     if n_images < 4:
         raise DnDError(f"the probing set has {n_images} readable images; simulation needs at least 4 (2 held out)")
     probe, config = pipeline.context.probe, pipeline.config
