@@ -134,3 +134,68 @@ def test_paper_config_without_hub_access_fails_fast_naming_the_model(tmp_path, m
     assert result.exit_code == 2
     assert "could not fetch the pretrained weights of resnet50" in result.output
     assert "configs/offline.yaml" in result.output and "Traceback" not in result.output
+
+
+LABEL_COMMANDS = {
+    "compare": ["compare", "ours.csv", "theirs.csv"],
+    "cosy": ["evaluate", "cosy", "ours.csv", "-c", "run.yaml", "-l", "layer3"],
+    "classifiers": ["evaluate", "classifiers", "ours.csv", "-c", "run.yaml", "-l", "layer3", "--images", "set"],
+    "simulation": ["evaluate", "simulation", "ours.csv", "-c", "run.yaml", "-l", "layer3"],
+    "ablation": ["evaluate", "ablation", "ours.csv", "-c", "run.yaml", "-l", "layer3", "--images", "set"],
+    "clip-dissect": ["clip-dissect", "-c", "run.yaml", "-l", "layer3", "--concepts", "concepts.txt"],
+}
+BAD_OUTS = {  # --out relative to tmp_path, and the error's fix
+    "suffix": ("results.txt", "write results to a .csv"),
+    "folder": ("folder.csv", "is a folder: give a file path"),
+    "under a file": ("file.csv/results.csv", "is a file, not a folder"),
+}
+
+
+@pytest.fixture
+def work_spy(monkeypatch) -> list[str]:
+    """What a command started doing: reading a label set or a config, or building a text embedder."""
+    import dnd.cli.spaces
+    import dnd.compare.readers
+    import dnd.config
+
+    started: list[str] = []
+
+    def spy(name: str):
+        def called(*args, **kwargs):
+            started.append(name)
+            raise AssertionError(f"{name} was called before --out was checked")
+
+        return called
+
+    monkeypatch.setattr(dnd.compare.readers, "read_label_source", spy("read_label_source"))
+    monkeypatch.setattr(dnd.config, "load_config", spy("load_config"))
+    monkeypatch.setattr(dnd.cli.spaces, "embedders", spy("embedders"))
+    return started
+
+
+@pytest.mark.parametrize(
+    ("command", "bad"),
+    # clip-dissect writes its CSV under any name: only the other commands choose CSV or JSON by the suffix
+    [(command, bad) for command in LABEL_COMMANDS for bad in BAD_OUTS if (command, bad) != ("clip-dissect", "suffix")],
+)
+def test_a_bad_out_fails_before_any_work(command, bad, tmp_path, work_spy):
+    (tmp_path / "file.csv").write_text("")
+    (tmp_path / "folder.csv").mkdir()
+    out, fix = BAD_OUTS[bad]
+    result = invoke(*LABEL_COMMANDS[command], "--out", tmp_path / out)
+    assert result.exit_code == 2, result.output
+    assert fix in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert work_spy == []  # no label set read, no config loaded, no embedder built
+
+
+def test_out_may_name_folders_still_to_be_made_but_not_unwritable_ones(tmp_path, monkeypatch):
+    from dnd.cli.options import check_out
+    from dnd.errors import DnDError
+
+    check_out(tmp_path / "new" / "deeper" / "results.csv", "neuron")
+    check_out(tmp_path / "descriptions.txt")  # no suffix asked for
+    assert not (tmp_path / "new").exists()  # checked, not made: a failed run leaves no folders behind
+
+    monkeypatch.setattr("dnd.cli.options.os.access", lambda path, mode: False)
+    with pytest.raises(DnDError, match=r"cannot write in .* choose a folder you can write to"):
+        check_out(tmp_path / "new" / "results.csv", "neuron")

@@ -9,7 +9,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-import dnd.commands
+import dnd.cli.spaces
 from dnd.cli import app
 from dnd.compare.agreement import compare_label_sets, write_results
 from dnd.compare.readers import LabelRow, LabelSet
@@ -117,7 +117,7 @@ def files(tmp_path, monkeypatch):
     ours.write_text("layer,unit,description,similarity\nlayer1,0,dog,0.3\nlayer1,1,car,0.2\nlayer1,2,cat,0.1\n")
     theirs = tmp_path / "net_layer1.csv"
     theirs.write_text("Neuron ID,Label 1,Label 2\n0,puppy,dog\n1,car,\n2,dog,cat\nbad,dog,\n")
-    monkeypatch.setattr(dnd.commands, "_embedders", lambda specs, device: [TableEmbedder("table", VECTORS)])
+    monkeypatch.setattr(dnd.cli.spaces, "embedders", lambda specs, device: [TableEmbedder("table", VECTORS)])
     return ours, theirs
 
 

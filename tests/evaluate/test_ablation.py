@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-import dnd.commands
+import dnd.cli.spaces
 import dnd.evaluate.baselines
 from dnd.backends import Backends
 from dnd.backends.targets import TargetNetwork
@@ -144,7 +144,7 @@ def test_ablation_command_prints_the_table_with_its_baselines(setup, tmp_path, m
     config, images, module, backends = setup
     config_file = tmp_path / "run.yaml"
     config_file.write_text(f"output_dir: {config.output_dir}\nname: test\nprobe:\n  path: {images}\n  num_workers: 0\n")
-    monkeypatch.setattr(dnd.commands, "_embedders", lambda specs, device: iter([TableEmbedder("table", VECTORS)]))
+    monkeypatch.setattr(dnd.cli.spaces, "embedders", lambda specs, device: iter([TableEmbedder("table", VECTORS)]))
     monkeypatch.setattr(dnd.evaluate.baselines, "run_captions", lambda pipeline, layer, units: None)
     monkeypatch.setattr(dnd.evaluate.ablation, "Backends", lambda run_config: backends)
     (tmp_path / "colours_features.csv").write_text("Neuron ID,Label 1\n0,blue\n1,green\n2,red\n")

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from typer.testing import CliRunner
 
-import dnd.commands
+import dnd.cli.spaces
 from dnd.backends import Backends
 from dnd.backends.targets import TargetNetwork
 from dnd.cli import app
@@ -113,7 +113,7 @@ def test_only_described_neurons_are_candidates_and_bad_input_is_explained(tmp_pa
 
 
 def test_classifiers_command_on_a_published_style_label_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(dnd.commands, "_embedders", lambda specs, device: [TableEmbedder("table", VECTORS)])
+    monkeypatch.setattr(dnd.cli.spaces, "embedders", lambda specs, device: [TableEmbedder("table", VECTORS)])
     config = write_cifar_config(tmp_path)  # a randomly initialised CIFAR ResNet-20
     for name in IMAGES:
         write_images(tmp_path / "set" / name, 3, size=32, seed=len(name))

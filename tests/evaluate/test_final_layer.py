@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 import dnd.backends.embedders
 import dnd.backends.loading
-import dnd.commands
+import dnd.cli.spaces
 from dnd.cli import app
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.errors import DnDError
@@ -94,7 +94,7 @@ def test_layer_choice_and_units_without_a_class():
 
 def test_final_layer_command(tmp_path, monkeypatch):
     table = {**VECTORS, "dog, domestic dog, Canis familiaris": [1, 0], "car, auto": [0.8, 0.6]}
-    monkeypatch.setattr(dnd.commands, "_embedders", lambda specs, device: [TableEmbedder("table", table)])
+    monkeypatch.setattr(dnd.cli.spaces, "embedders", lambda specs, device: [TableEmbedder("table", table)])
     (tmp_path / "classes.txt").write_text(CLASSES)
     (tmp_path / "net_fc.csv").write_text("Neuron ID,label\n0,puppy\n1,car\n2,dog\n")
     classes = ["--classes", str(tmp_path / "classes.txt"), "-e", "table"]
