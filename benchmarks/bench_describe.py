@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.common import IMAGENET_SAMPLES, ROOT
 from dnd.artifacts import Concepts, Exemplars, Generations, Labels
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.config import RunConfig, load_config
 from dnd.layout import ARTIFACT_FILE, MANIFEST_FILE
 from dnd.pipeline import Pipeline

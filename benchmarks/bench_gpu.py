@@ -196,7 +196,7 @@ class ScriptedLLM:
 def run(size: str | None = None, out_dir: Path | None = None) -> dict[str, Any]:
     """Measure every preset on the slice ``size`` names (default: ``real`` on CUDA, ``smoke`` elsewhere), extrapolate,
     write the JSON to ``out_dir`` (default ``outputs/bench``) as ``gpu-<size>-<device type>.json`` and return it."""
-    from dnd.backends.targets import resolve_device
+    from dnd.devices import resolve_device
 
     device = resolve_device("auto")
     size = size or ("real" if device.type == "cuda" else "smoke")
@@ -385,11 +385,11 @@ class _Bench:
     def _pipeline(self, config: Any, released: bool) -> Any:
         """The pipeline on ``config`` with this benchmark's models, each loaded once (timed) and shared by every
         preset it serves; the target network is a copy of the same weights, moved and compiled as the preset says."""
-        from dnd.backends import Backends
         from dnd.backends.captioners import BlipCaptioner
+        from dnd.backends.container import Backends
         from dnd.backends.embedders import load_clip
         from dnd.backends.generators import DiffusersGenerator, generator_name
-        from dnd.backends.targets import TargetNetwork
+        from dnd.backends.target_network import TargetNetwork
         from dnd.pipeline import Pipeline
 
         captioner = self._load("BLIP", lambda: BlipCaptioner(config.caption, self.device))

@@ -19,9 +19,10 @@ from PIL import Image
 
 from benchmarks.common import IMAGENET_SAMPLES, best_of_interleaved, best_seconds, peak_memory_mb
 from dnd import cpu
-from dnd.backends import Backends
-from dnd.backends.targets import load_target, summarize
+from dnd.backends.container import Backends
+from dnd.backends.targets import load_target
 from dnd.config import TargetConfig, load_config
+from dnd.layer_reductions import reduce_positions
 from dnd.pipeline import Pipeline
 
 IMAGES = 256
@@ -48,7 +49,7 @@ def run() -> dict[str, Any]:
         def recording(layer: str) -> Callable[[], None]:
             def record() -> None:
                 for batch in batches:
-                    target.capture(batch, [layer], lambda _path, out: summarize(out, "mean", "cls").cpu())
+                    target.capture(batch, [layer], lambda _path, out: reduce_positions(out, "mean", "cls").cpu())
 
             return record
 

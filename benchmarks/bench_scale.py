@@ -199,7 +199,7 @@ def _preprocess(size: int):
 
 def _efficientnet(size: int):
     """EfficientNet-Lite0 with its ImageNet weights on inputs of ``size`` pixels."""
-    from dnd.backends.targets import TargetNetwork
+    from dnd.backends.target_network import TargetNetwork
     from dnd.models.efficientnet_lite import efficientnet_lite0, efficientnet_lite0_weights_path
 
     module = efficientnet_lite0(efficientnet_lite0_weights_path())
@@ -209,7 +209,7 @@ def _efficientnet(size: int):
 def _shrink_classifier(backends: Any, size: int) -> None:
     """The preset's ImageNet classifier (stage 3's captions, the retrieval pool's captions, stage 6's image features:
     one model) on inputs of ``size`` pixels instead of 224, like the target network here."""
-    from dnd.backends.targets import TargetNetwork
+    from dnd.backends.target_network import TargetNetwork
 
     config = backends.config
     classifier = backends.classifier(config.caption.classifier, "caption.classifier")
@@ -219,7 +219,7 @@ def _shrink_classifier(backends: Any, size: int) -> None:
 
 def measure_probe(images: int) -> dict[str, Any]:
     """Stage 1 on ``head`` over the first ``images`` CIFAR-10 test images at 32 px."""
-    from dnd.backends import Backends
+    from dnd.backends.container import Backends
     from dnd.config import load_config
     from dnd.pipeline import Pipeline
 
@@ -275,7 +275,7 @@ def measure_neurons(counts: list[int]) -> dict[str, Any]:
     for the first ``count`` neurons of ``blocks.10``, for each of ``counts`` in a fresh output folder (holding a copy
     of the recording)."""
     from dnd.artifacts import Concepts
-    from dnd.backends import Backends
+    from dnd.backends.container import Backends
     from dnd.config import load_config
     from dnd.layout import ARTIFACT_FILE
     from dnd.pipeline import Pipeline

@@ -37,9 +37,10 @@ from PIL import Image
 
 from benchmarks.common import IMAGENET_SAMPLES, ROOT, SHARED
 from dnd.artifacts import Captions, Concepts, TopImages
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.backends.llms import ConceptLLM
-from dnd.backends.targets import TargetNetwork, load_target
+from dnd.backends.target_network import TargetNetwork
+from dnd.backends.targets import load_target
 from dnd.config import RunConfig, TargetConfig, load_config
 from dnd.pipeline import Pipeline
 from dnd.stages.summarize import REJECTIONS

@@ -93,7 +93,7 @@ def measure_cpu(samples: int = 40) -> dict[str, float]:
     from torchvision.models import ResNet50_Weights
 
     from dnd.artifacts import CropBox
-    from dnd.backends.targets import split_preprocess
+    from dnd.backends.preprocess import split_preprocess
     from dnd.exemplars import crop_view
     from dnd.stages.crop import attention_boxes
 

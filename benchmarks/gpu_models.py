@@ -169,7 +169,7 @@ def target_network(scale: str) -> Any:
     ``layer1``-``layer4`` and ``fc``) on 64 px crops."""
     from torchvision import models, transforms
 
-    from dnd.backends.targets import TargetNetwork
+    from dnd.backends.target_network import TargetNetwork
 
     torch.manual_seed(0)
     if scale == "real":

@@ -21,16 +21,17 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dnd.backends.targets import summary_reducer
+from dnd.batching import resumable_batches
 from dnd.data import ProbeSet, batch_loader, open_rgb
 from dnd.distributed import Ranks
 from dnd.errors import DnDError
+from dnd.layer_reductions import summary_reducer
 from dnd.layout import ACTIVATION_SHARDS_FOLDER, ACTIVATIONS_FILE
 from dnd.progress import track
 from dnd.store import atomic_concat_safetensors, atomic_save_tensors, content_key, memmap_tensors
 
 if TYPE_CHECKING:
-    from dnd.backends.targets import TargetNetwork
+    from dnd.backends.target_network import TargetNetwork
     from dnd.config import RecordConfig
     from dnd.image_store import ImageStore
 
@@ -223,42 +224,41 @@ class StoredActivations:
         (a killed run's) are read instead of computed. ``ranks`` spread the batches over a job's processes (which
         then need ``progress``, where they meet); each process returns the whole result.
         """
-        ranks = ranks or Ranks()
         if not image_ids:
             return cls.none()
-        if ranks.world_size > 1 and progress is None:
-            raise ValueError("several processes share their batches through a progress folder: give one")
-        batches = [image_ids[i : i + batch_size] for i in range(0, len(image_ids), batch_size)]
-        computed: dict[int, _Batch] = {}
-        mine = ranks.share(range(len(batches)))
-        todo = [b for b in mine if progress is None or not _batch_path(progress, batches[b]).is_file()]
-        if todo:
-            positions = [list(range(b * batch_size, b * batch_size + len(batches[b]))) for b in todo]
+        position = {image_id: index for index, image_id in enumerate(image_ids)}
+        passes = 0
+
+        def compute_batches(batches: list[list[str]]) -> Iterator[_Batch]:
+            nonlocal passes
+            if not batches:
+                return
+            positions = [[position[image_id] for image_id in batch] for batch in batches]
             images = ProbeSet(ids=image_ids, load=_StoredImages(store, image_ids), fingerprint=content_key(image_ids))
             pinned = target.device.type == "cuda"
             loader = batch_loader(images, target.preprocess, positions, num_workers, pin_memory=pinned)
             reduce = summary_reducer(record.summary, record.tokens, target.units)
-            for b, batch in zip(todo, track(loader, description, total=len(todo)), strict=True):
+            for places, batch in zip(positions, track(loader, description, total=len(batches)), strict=True):
                 summaries = torch.empty(0, 0)
                 if batch.pixels is not None:
                     summaries = target.capture(batch.pixels, [layer], reduce, record.autocast)[layer].float().cpu()
-                errors = {image_ids[index]: error for index, error in batch.skipped}
-                computed[b] = _Batch(summaries, batch.indices - b * batch_size, errors)
-                if progress is not None:
-                    computed[b].save(_batch_path(progress, batches[b]))
-        ranks.barrier()
+                    passes += 1
+                within = {place: row for row, place in enumerate(places)}  # probe position -> place in the batch
+                readable = torch.tensor([within[place] for place in batch.indices.tolist()], dtype=torch.long)
+                yield _Batch(summaries, readable, {image_ids[index]: error for index, error in batch.skipped})
+
+        done = resumable_batches(image_ids, batch_size, compute_batches, _BatchFiles(), progress, ranks)
         rows: dict[str, int] = {}
         errors: dict[str, str] = {}
         parts: list[torch.Tensor] = []
-        for b, ids in enumerate(batches):
-            part = computed[b] if b in computed else _Batch.load(_batch_path(progress, ids))  # type: ignore[arg-type]
+        for ids, part in done.batches:
             errors.update(part.errors)
             if part.values.numel():
                 parts.append(part.values)
-                for position in part.readable.tolist():
-                    rows[ids[position]] = len(rows)
+                for place in part.readable.tolist():
+                    rows[ids[place]] = len(rows)
         values = torch.cat(parts) if parts else torch.empty(0, 0)
-        return cls(values, rows, errors, sum(part.values.numel() > 0 for part in computed.values()))
+        return cls(values, rows, errors, passes)
 
     def of(self, neuron: int, concept_images: list[list[str]]) -> dict[str, float]:
         """``neuron``'s activation on each of ``concept_images`` (every id must be readable)."""
@@ -267,10 +267,6 @@ class StoredActivations:
             return {}
         values = self.values[[self.rows[i] for i in ids], neuron].tolist()
         return dict(zip(ids, values, strict=True))
-
-
-def _batch_path(progress: Path, ids: list[str]) -> Path:
-    return progress / f"activations-{content_key(ids)}.safetensors"
 
 
 @dataclass
@@ -282,13 +278,26 @@ class _Batch:
     readable: torch.Tensor
     errors: dict[str, str]
 
-    def save(self, path: Path) -> None:
-        tensors = {"values": self.values.contiguous(), "readable": self.readable.contiguous()}
-        atomic_save_tensors(path, tensors, {"errors": json.dumps(self.errors)})
 
-    @classmethod
-    def load(cls, path: Path) -> _Batch:
+class _BatchFiles:
+    """Batches of summaries in a progress folder: ``activations-<key of the ids>.safetensors``, the batch's image ids
+    and errors in its metadata."""
+
+    pattern = "activations-*.safetensors"
+
+    def name(self, ids: list[str]) -> str:
+        return f"activations-{content_key(ids)}.safetensors"
+
+    def save(self, path: Path, ids: list[str], batch: _Batch) -> None:
+        tensors = {"values": batch.values.contiguous(), "readable": batch.readable.contiguous()}
+        atomic_save_tensors(path, tensors, {"ids": json.dumps(ids), "errors": json.dumps(batch.errors)})
+
+    def held(self, path: Path) -> list[str]:
+        with safe_open(str(path), "pt") as file:
+            return json.loads(file.metadata().get("ids", "[]"))  # a file without its ids is computed again
+
+    def load(self, path: Path) -> _Batch:
         with safe_open(str(path), "pt") as file:
             errors = json.loads(file.metadata()["errors"])
         tensors = load_file(str(path))
-        return cls(tensors["values"], tensors["readable"], errors)
+        return _Batch(tensors["values"], tensors["readable"], errors)

@@ -6,9 +6,9 @@ its activations afresh: on 2 cores an EfficientNet-Lite0 forward of 50 images sp
 computing. Raising the mmap and trim thresholds keeps freed buffers in the heap for the next batch (about 3× the
 throughput); channels-last convolutions add about 1.4× on top. See ``make bench`` (benchmarks/bench_cpu.py).
 
-:func:`tune_process` is applied when a run starts on the CPU (:class:`dnd.backends.Backends` resolves the device)
-and in every DataLoader worker (:func:`worker_init`); while workers decode images, the main process leaves them a core
-each (:class:`BesideWorkers`). ``DND_CPU_TUNING=0`` in the environment turns it all off. On a GPU device nothing
+:func:`tune_process` is applied when a run starts on the CPU (:class:`dnd.backends.container.Backends` resolves the
+device) and in every DataLoader worker (:func:`worker_init`); while workers decode images, the main process leaves them
+a core each (:class:`BesideWorkers`). ``DND_CPU_TUNING=0`` in the environment turns it all off. On a GPU device nothing
 changes. The cost: memory a run freed is kept by the process for reuse instead of being returned to the OS, so its
 resident size stays near its peak until it exits.
 """

@@ -17,7 +17,7 @@ from dnd.data import UnreadableImage
 
 if TYPE_CHECKING:
     from dnd.artifacts import CropBox, ExemplarImage, NeuronExemplars
-    from dnd.backends.targets import TargetNetwork
+    from dnd.backends.target_network import TargetNetwork
     from dnd.data import ProbeSet
     from dnd.distributed import Ranks
 

@@ -22,7 +22,7 @@ from dnd.progress import track
 from dnd.store import ItemCache, atomic_save_tensors, content_key
 
 if TYPE_CHECKING:
-    from dnd.backends import Backends
+    from dnd.backends.container import Backends
     from dnd.backends.embedders import ImageEmbedder, ImageTextEmbedder
     from dnd.data import ProbeSet
 
@@ -83,5 +83,6 @@ def image_text_space(spec: str, backends: Backends) -> tuple[ImageTextEmbedder, 
         return load_image_text_model(spec, backends.config.embed, backends.device), None
     cache = layout.cache_dir(backends.config.output_dir)
     texts = CachedTextEmbedder(backends.minilm, ItemCache(cache, TEXT_CACHE))
-    space = CaptionSpace(lambda: backends.captioner, backends.captioner_name(), ItemCache(cache, CAPTION_CACHE), texts)
+    captions = ItemCache(cache, CAPTION_CACHE)
+    space = CaptionSpace(lambda: backends.captioner, backends.captioner_identity(), captions, texts)
     return space, reason or "chosen with --simulator captions"

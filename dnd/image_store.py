@@ -26,7 +26,7 @@ from dnd.progress import track
 from dnd.store import atomic_write_bytes, content_key
 
 if TYPE_CHECKING:
-    from dnd.backends import Backends
+    from dnd.backends.container import Backends
 
 #: Seeds are this wide so that every random number generator accepts them.
 SEED_BITS = 32

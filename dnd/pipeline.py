@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from dnd import layout
 from dnd.artifacts import TopImages
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.config import RunConfig, key_fields
 from dnd.distributed import process_ranks
 from dnd.errors import DnDError

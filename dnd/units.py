@@ -93,14 +93,14 @@ class UnitMap:
         return values.movedim(-1, 1) if output.ndim == 4 else values
 
     def summaries(
-        self, output: torch.Tensor, layer: str, summarize: Callable[[torch.Tensor], torch.Tensor]
+        self, output: torch.Tensor, layer: str, reduce: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """``summarize`` (maps → ``[B, u]``) of every unit's maps ``[B, n_units]``, a block of units at a time so
+        """``reduce`` (maps → ``[B, u]``) of every unit's maps ``[B, n_units]``, a block of units at a time so
         that at most :data:`BLOCK_VALUES` unit values exist at once."""
         positions = max(output[0].numel() // max(self.d_in, 1), 1) * output.shape[0]
         block = max(BLOCK_VALUES // positions, 1)
         parts = [
-            summarize(self.maps(output, layer, range(start, min(start + block, self.n_units))))
+            reduce(self.maps(output, layer, range(start, min(start + block, self.n_units))))
             for start in range(0, self.n_units, block)
         ]
         return torch.cat(parts, dim=1)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.target_network import TargetNetwork
 from tests.backends.openai_server import ScriptedServer, serve
 from tests.helpers import ChannelMixer, to_tensor, write_images
 

@@ -14,8 +14,8 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from dnd.artifacts import NeuronResult, PerNeuronArtifact
-from dnd.backends import Backends
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.container import Backends
+from dnd.backends.target_network import TargetNetwork
 from dnd.config import RunConfig, load_config
 from dnd.stages.base import StageSpec, neuron_entry_type
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dnd import cpu
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.target_network import TargetNetwork
 from tests.helpers import ChannelMixer, to_tensor
 
 

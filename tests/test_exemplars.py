@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dnd.artifacts import CropBox, ExemplarImage
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.target_network import TargetNetwork
 from dnd.data import ProbeSet, UnreadableImage
 from dnd.exemplars import CROP_RESAMPLE, ExemplarPixels, crop_view, pixel_hash, render_exemplar
 from tests.helpers import ChannelMixer, to_tensor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.target_network import TargetNetwork
 from dnd.errors import DnDError
 from dnd.halving import FittingBatches, joined_lists
 from tests.helpers import ChannelMixer, to_tensor

@@ -23,9 +23,9 @@ from torch import nn
 from dnd import layout
 from dnd.activations import load_activations
 from dnd.artifacts import Concepts, NeuronConcepts, TopImages
-from dnd.backends import Backends
 from dnd.backends.chat import ChatReply, ChatRequest
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.container import Backends
+from dnd.backends.target_network import TargetNetwork
 from dnd.errors import DnDError
 from dnd.exemplars import pixel_hash
 from dnd.pipeline import Pipeline

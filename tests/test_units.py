@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from dnd import units as units_module
-from dnd.backends.targets import summarize, summary_reducer, unit_maps_reducer
 from dnd.config import UnitsConfig
 from dnd.errors import DnDError
+from dnd.layer_reductions import reduce_positions, summary_reducer, unit_maps_reducer
 from dnd.units import load_units, train_sae
 
 #: An SAE on 2 features: latent 0 = relu(x1), latent 1 = relu(x0 − x1 − 0.5), latent 2 = x0 where x0 > 0.3 (JumpReLU).
@@ -99,7 +99,7 @@ def test_summaries_are_computed_a_block_of_units_at_a_time(tmp_path, monkeypatch
     torch.testing.assert_close(whole, expected)
     torch.testing.assert_close(blocks, expected)
     # Without units, the reducers are the neurons' own.
-    torch.testing.assert_close(summary_reducer("mean", "cls")("conv", output), summarize(output, "mean", "cls"))
+    torch.testing.assert_close(summary_reducer("mean", "cls")("conv", output), reduce_positions(output, "mean", "cls"))
     torch.testing.assert_close(unit_maps_reducer(None, [2, 0])("conv", output), output[:, [2, 0]])
     torch.testing.assert_close(unit_maps_reducer(None, [1])("t", output[..., 0]), output[:, :, :, 0][..., [1]])
 
@@ -243,7 +243,7 @@ def test_a_trained_sae_on_efficientnet_blocks_10_is_described_offline(tmp_path, 
     import importlib.util
 
     from dnd.artifacts import Labels, TopImages
-    from dnd.backends import Backends
+    from dnd.backends.container import Backends
     from dnd.backends.targets import load_target
     from dnd.config import TargetConfig, load_config
     from dnd.data import open_rgb

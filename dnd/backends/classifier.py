@@ -21,7 +21,7 @@ from dnd.errors import DnDError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from dnd.backends.targets import TargetNetwork
+    from dnd.backends.target_network import TargetNetwork
 
 #: Built-in networks trained on ImageNet-1k whose outputs follow torchvision's class order.
 IMAGENET_BUILT_INS = ("efficientnet_lite0",)

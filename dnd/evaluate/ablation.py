@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from dnd import layout
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.backends.embedders import TextEmbedder
 from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig

@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from dnd.activations import load_activations
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.backends.embedders import TextEmbedder
 from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from dnd.activations import StoredActivations, load_activations
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
 from dnd.errors import DnDError
@@ -171,14 +171,14 @@ def evaluate_cosy(
     # 3. images_per_label images per distinct label, generated only where the image store lacks them.
     store = image_store(config.output_dir)
     prompts = {label: config.cosy.prompt.format(**{PLACEHOLDER: label}) for label in dict.fromkeys(label_of.values())}
-    requests, keys_of = plan_images(prompts, config.cosy.images_per_label, config.seed, backends.generator_name())
+    requests, keys_of = plan_images(prompts, config.cosy.images_per_label, config.seed, backends.generator_identity())
     generated, _calls = generate_missing(store, backends, requests, config.cosy.batch_size, f"cosy {layer}: generate")
     short = [label for label, keys in keys_of.items() if any(store.is_nothing(key) for key in keys)]
     if short:
         raise DnDError(
-            f"{backends.generator_name()} has fewer than cosy.images_per_label={config.cosy.images_per_label} images "
-            f"for {len(short)} label(s), e.g. {short[0]!r}: lower cosy.images_per_label, synthesize.min_similarity, "
-            f"or retrieve from a larger synthesize.pool"
+            f"{backends.generator_identity()} has fewer than cosy.images_per_label={config.cosy.images_per_label} "
+            f"images for {len(short)} label(s), e.g. {short[0]!r}: lower cosy.images_per_label, "
+            f"synthesize.min_similarity, or retrieve from a larger synthesize.pool"
         )
     # 4. The layer's activations on every synthetic image [n_synthetic, n_neurons], in one batched pass.
     computed = StoredActivations.compute(
@@ -210,7 +210,7 @@ def evaluate_cosy(
         layer=layer,
         protocol=config.cosy.generator,
         deviations=config.cosy.deviations(),
-        generator=backends.generator_name(),
+        generator=backends.generator_identity(),
         prompt=config.cosy.prompt,
         images_per_label=config.cosy.images_per_label,
         n_control=control.shape[0],

@@ -26,9 +26,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from dnd.artifacts import CropBox, ExemplarImage
-from dnd.backends.targets import unit_maps_reducer
 from dnd.data import UnreadableImage, open_rgb
 from dnd.exemplars import render_exemplar
+from dnd.layer_reductions import unit_maps_reducer
 from dnd.progress import track
 
 if TYPE_CHECKING:

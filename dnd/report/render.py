@@ -80,8 +80,8 @@ def write_reports(
     other = load = None
     if compare is not None:
         from dnd.backends.embedders import load_text_embedder
-        from dnd.backends.targets import resolve_device
         from dnd.compare.readers import read_label_source
+        from dnd.devices import resolve_device
 
         other = read_label_source(compare)
         config = pipeline.config

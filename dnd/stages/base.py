@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from dnd import __version__, layout
 from dnd.artifacts import NeuronResult, PerNeuronArtifact
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.config import RunConfig
 from dnd.data import ProbeSet, open_probe
 from dnd.distributed import Ranks

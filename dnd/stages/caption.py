@@ -22,7 +22,7 @@ from dnd.stages.base import NeuronWork, StageContext, StageSpec
 
 def compute(ctx: StageContext, work: NeuronWork) -> tuple[Captions, dict[str, int]]:
     """Caption the exemplars of ``work.neurons`` of one layer; return their captions and backend-call counts."""
-    name = ctx.backends.captioner_name()
+    name = ctx.backends.captioner_identity()
     cache = ctx.cache(CAPTION_CACHE)
     # 1. The neurons' exemplars, from stage 2.
     entries = [work.entries["crop"][neuron] for neuron in work.neurons]
@@ -100,7 +100,7 @@ class _ImageKeys:
 
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
     # The captioner's name: an injected captioner, or one its config section does not fully name, keys its own folder.
-    return {"captioner": ctx.backends.captioner_name()}
+    return {"captioner": ctx.backends.captioner_identity()}
 
 
 SPEC = StageSpec(

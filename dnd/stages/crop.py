@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from dnd.artifacts import CropBox, ExemplarImage, Exemplars, NeuronExemplars, NeuronTopImages, TopImages
-from dnd.backends.targets import summary_reducer, unit_maps_reducer
 from dnd.data import image_loader
 from dnd.exemplars import crop_view
+from dnd.layer_reductions import summary_reducer, unit_maps_reducer
 from dnd.progress import track
 from dnd.stages.base import NeuronWork, StageContext, StageSpec
 
 if TYPE_CHECKING:
-    from dnd.backends.targets import TargetNetwork
+    from dnd.backends.target_network import TargetNetwork
     from dnd.config import RecordConfig
 
 #: Backend-call counts in the manifest.

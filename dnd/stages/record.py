@@ -32,9 +32,9 @@ import torch
 
 from dnd.activations import RunningTopK, read_shard_summary, save_shard, shard_path, shard_range, shards_in
 from dnd.artifacts import NeuronTopImages, SkippedImage, TopImages
-from dnd.backends.targets import summary_reducer, unit_output_shape
 from dnd.data import batch_loader
 from dnd.errors import DnDError
+from dnd.layer_reductions import summary_reducer, unit_output_shape
 from dnd.layout import ACTIVATION_SHARDS_FOLDER, ARTIFACT_FILE
 from dnd.progress import track
 from dnd.stages.base import StageContext, StageJob, StageSpec
@@ -127,7 +127,7 @@ def _record(ctx: StageContext, batches: list[Batch], partial: dict[str, Path]) -
         shard = shard or _Shard(start, start, layers, config.record.summary, config.record.tokens, target.units)
         shard.skipped.extend(batch.skipped)
         if batch.pixels is not None:
-            outputs = target.capture(batch.pixels, list(layers), shard.summarize, config.record.autocast)
+            outputs = target.capture(batch.pixels, list(layers), shard.reduce_output, config.record.autocast)
             counts["forward_batches"] += 1
             shard.indices.append(batch.indices)
             for layer, summaries in outputs.items():
@@ -158,7 +158,7 @@ class _Shard:
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     began: float = field(default_factory=time.perf_counter)
 
-    def summarize(self, layer: str, output: torch.Tensor) -> torch.Tensor:
+    def reduce_output(self, layer: str, output: torch.Tensor) -> torch.Tensor:
         """Hook-side reducer: remembers the per-image shape of the layer's unit maps, returns ``[B, n_units]``
         (neurons unless ``units`` are given)."""
         self.output_shapes.setdefault(layer, unit_output_shape(self.units, list(output.shape[1:])))

@@ -222,7 +222,7 @@ class _ClipInputs:
     def __init__(self, ctx: StageContext, store: ImageStore):
         self.store = store
         self.exemplars = ExemplarPixels(ctx.probe, ctx.backends.target)
-        self.model, self.text_model = ctx.backends.image_embedder_model(), ctx.backends.text_embedder_model()
+        self.model, self.text_model = ctx.backends.image_embedder_identity(), ctx.backends.text_embedder_identity()
         self.images = _CachedEmbeddings(
             ctx, IMAGE_CACHE, lambda images: ctx.backends.image_embedder.embed_images(images), "image embedder"
         )
@@ -273,8 +273,8 @@ class _ClipInputs:
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
     # The embedders' names: scores made with other embeddings (or injected embedders) never share a folder.
     return {
-        "image_embedder": ctx.backends.image_embedder_model(),
-        "text_embedder": ctx.backends.text_embedder_model(),
+        "image_embedder": ctx.backends.image_embedder_identity(),
+        "text_embedder": ctx.backends.text_embedder_identity(),
     }
 
 

@@ -210,7 +210,7 @@ class _Asker:
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self.config = ctx.config.summarize
-        self.identity = ctx.backends.concept_llm_name()
+        self.identity = ctx.backends.concept_llm_identity()
         self.cache = ctx.cache("llm")
         self.usage: dict[str, TokenUsage] = {}  # cache key → usage of that reply
         self.counts: Counter[str] = Counter()
@@ -459,7 +459,7 @@ def _numbered(items: list[str]) -> str:
 
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
     # The shuffles depend on the seed; the LLM's name keeps another model's (or an injected one's) concepts apart.
-    return {"seed": ctx.config.seed, "llm": ctx.backends.concept_llm_name()}
+    return {"seed": ctx.config.seed, "llm": ctx.backends.concept_llm_identity()}
 
 
 SPEC = StageSpec(

@@ -53,7 +53,7 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Generations, dict[str,
     or generated); return the neurons' concepts with their image ids, and what this run generated."""
     template = parse_template(ctx.prompt_text(PROMPT_FILE))
     config = ctx.config.synthesize
-    name = ctx.backends.generator_name()
+    name = ctx.backends.generator_identity()
     store = image_store(ctx.config.output_dir)
     # 1. Each neuron's candidate concepts (the kernel has carried neurons that failed upstream over as failed).
     concepts: dict[int, list[str]] = {neuron: entry.concepts for neuron, entry in work.entries["summarize"].items()}
@@ -97,7 +97,7 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Generations, dict[str,
 def _extra_inputs(ctx: StageContext) -> dict[str, object]:
     # The image seeds depend on the run seed; the generator's name holds what its config section does not (for
     # retrieval: the pool's content and the captioner).
-    return {"seed": ctx.config.seed, "generator": ctx.backends.generator_name()}
+    return {"seed": ctx.config.seed, "generator": ctx.backends.generator_identity()}
 
 
 SPEC = StageSpec(

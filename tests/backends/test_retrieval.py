@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from dnd.artifacts import Concepts, Generations, Labels, NeuronConcepts
-from dnd.backends import Backends
 from dnd.backends.captioners import CAPTION_CACHE, caption_key
+from dnd.backends.container import Backends
 from dnd.backends.embedders import load_minilm
 from dnd.backends.generators import GenerationRequest
 from dnd.backends.retrieval import RetrievalGenerator
@@ -160,7 +160,7 @@ def test_bad_pool_folders_fail_naming_synthesize_pool(tmp_path, minilm, image_fo
     config = make_config(tmp_path, image_folder, "synthesize.backend=retrieval")
     missing = config.model_copy(update={"synthesize": config.synthesize.model_copy(update={"pool": tmp_path / "no"})})
     with pytest.raises(DnDError, match=r"^synthesize.pool: folder .*no does not exist"):
-        Backends(missing).generator_name()
+        Backends(missing).generator_identity()
     (tmp_path / "empty").mkdir()
     with pytest.raises(DnDError, match=r"^synthesize.pool: folder .*empty holds no images"):
         open_image_folders(tmp_path / "empty", "synthesize.pool")

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 import dnd.cli.spaces
 import dnd.evaluate.baselines
-from dnd.backends import Backends
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.container import Backends
+from dnd.backends.target_network import TargetNetwork
 from dnd.cli import app
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.errors import DnDError

@@ -15,8 +15,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 import dnd.cli.spaces
-from dnd.backends import Backends
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.container import Backends
+from dnd.backends.target_network import TargetNetwork
 from dnd.cli import app
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.errors import DnDError

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 import dnd.backends.generators
 from dnd.artifacts import Labels, NeuronLabels
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.backends.generators import GenerationRequest, generator_name
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.target_network import TargetNetwork
 from dnd.cli import app
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.config import COSY_GENERATORS, SynthesizeConfig, load_config

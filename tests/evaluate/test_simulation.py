@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 import dnd.evaluate.baselines
 import dnd.image_embeddings
-from dnd.backends import Backends
 from dnd.backends.caption_space import CaptionSpace
+from dnd.backends.container import Backends
 from dnd.backends.embedders import load_image_text_model
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.target_network import TargetNetwork
 from dnd.cli import app
 from dnd.compare.readers import LabelRow, LabelSet
 from dnd.config import EmbedConfig

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.backends.generators import GenerationRequest
 from dnd.backends.llms import ChatReply, ChatRequest
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.target_network import TargetNetwork
 from dnd.pipeline import Pipeline
 from tests.helpers import make_config, to_tensor
 

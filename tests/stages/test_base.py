@@ -18,7 +18,7 @@ from dnd.artifacts import (
     NeuronExemplars,
     TopImages,
 )
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.stages.base import (
     Requirement,
     StageContext,

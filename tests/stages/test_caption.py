@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from dnd.artifacts import Captions, Exemplars, TopImages
-from dnd.backends import Backends
 from dnd.backends import captioners as captioners_module
+from dnd.backends.container import Backends
 from dnd.exemplars import pixel_hash, render_exemplar
 from dnd.pipeline import Pipeline
 from tests.helpers import make_config

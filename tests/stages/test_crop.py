@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 
 from dnd.artifacts import CropBox, Exemplars, TopImages
-from dnd.backends.targets import TargetNetwork, load_target, summarize
+from dnd.backends.target_network import TargetNetwork
+from dnd.backends.targets import load_target
 from dnd.config import TargetConfig
 from dnd.exemplars import render_exemplar
+from dnd.layer_reductions import reduce_positions
 from dnd.pipeline import Pipeline
 from dnd.stages.crop import attention_boxes, iou
 from tests.helpers import ChannelMixer, backends_for, make_config, to_tensor
@@ -177,7 +179,7 @@ def test_crops_around_the_square_outrank_the_originals(tmp_path, squares, mixer)
         # Originals keep their recorded activation: running one again through the same view and tensorize agrees.
         image = pipeline.context.probe.load(best_original.probe_index)
         pixels = to_tensor(same_network.view(image))[None]
-        rerun = summarize(same_network.capture(pixels, ["conv"])["conv"], "mean", "cls")
+        rerun = reduce_positions(same_network.capture(pixels, ["conv"])["conv"], "mean", "cls")
         assert rerun[0, entry.neuron].item() == pytest.approx(best_original.activation, abs=1e-6)
 
     crop_stage(Pipeline(config, backends_for(config, mixer)), [0, 1])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dnd.activations import load_activations
 from dnd.artifacts import TopImages
-from dnd.backends.targets import TargetNetwork
+from dnd.backends.target_network import TargetNetwork
 from dnd.errors import DnDError
 from dnd.pipeline import Pipeline
 from tests.helpers import ChannelMixer, backends_for, make_config, to_tensor, write_images

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from dnd.artifacts import ConceptImages, Generations, Labels, NeuronGenerations
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.compare.readers import read_labels
 from dnd.exemplars import pixel_hash
 from dnd.image_store import image_store

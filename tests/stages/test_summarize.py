@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from dnd.artifacts import Caption, Captions, Concepts, NeuronCaptions, TokenUsage
-from dnd.backends import Backends
 from dnd.backends.chat import ChatReply, ChatRequest
+from dnd.backends.container import Backends
 from dnd.backends.llms import OpenAIConceptLLM
 from dnd.config import OpenAIConfig, load_config
 from dnd.errors import DnDError

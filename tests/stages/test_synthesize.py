@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from dnd.artifacts import Concepts, Generations, NeuronConcepts
-from dnd.backends import Backends
+from dnd.backends.container import Backends
 from dnd.backends.generators import GenerationRequest, generator_name
 from dnd.errors import DnDError
 from dnd.image_store import ImageStore, image_seed, image_store
