@@ -18,6 +18,7 @@ from dnd import layout
 from dnd.backends.caption_space import CaptionSpace
 from dnd.backends.captioners import CAPTION_CACHE
 from dnd.backends.embedders import CachedTextEmbedder, load_image_text_model
+from dnd.batching import chunks
 from dnd.progress import track
 from dnd.store import ItemCache, atomic_save_tensors, content_key
 
@@ -39,7 +40,7 @@ def probe_image_embeddings(
     path = layout.cache_dir(output_dir) / CACHE_FOLDER / f"images-{key}.safetensors"
 
     def embed() -> torch.Tensor:
-        batches = [probe_indices[i : i + batch_size] for i in range(0, len(probe_indices), batch_size)]
+        batches = chunks(probe_indices, batch_size)
         parts = [
             embedder.embed_images([probe.load(index) for index in batch])
             for batch in track(batches, f"image embeddings ({embedder.name})")

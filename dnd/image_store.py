@@ -11,6 +11,7 @@ generator had no image for is remembered as such, so it is not asked again.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from dnd import layout
 from dnd.backends.generators import GenerationRequest
+from dnd.batching import BatchFunction, cached_map
 from dnd.exemplars import pixel_hash
 from dnd.halving import fitting, joined_lists
-from dnd.progress import track
 from dnd.store import atomic_write_bytes, content_key
 
 if TYPE_CHECKING:
@@ -137,22 +138,33 @@ def generate_missing(
     built only if an image is missing. A request the generator has no image for (retrieval with nothing more to give)
     is stored as such, so it is not asked again.
     """
-    missing = [key for key in requests if not store.has(key)]
-    batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
-    if batches:
+
+    def load() -> BatchFunction[GenerationRequest, Any]:
         generator = backends.generator
-        for batch in track(batches, description):
-            images = fitting("generator").run(generator.generate, [requests[key] for key in batch], joined_lists)
-            if len(images) != len(batch):
-                raise RuntimeError(
-                    f"generator {generator.name} returned {len(images)} images for {len(batch)} requests"
-                )
-            for key, image in zip(batch, images, strict=True):
-                if image is None:
-                    store.put_nothing(key)
-                else:
-                    store.put(key, image)
-    return len(missing), len(batches)
+        run = functools.partial(fitting("generator").run, generator.generate, join=joined_lists)
+        return BatchFunction(run, f"generator {generator.name}", "images", "requests")
+
+    stored = cached_map(
+        _Settled(store), requests, requests.__getitem__, load, batch_size, description, keep_computed=False
+    )
+    return stored.computed, stored.calls
+
+
+class _Settled:
+    """The image store as :func:`~dnd.batching.cached_map`'s store: a key is found once it is settled (its image
+    stored, or none to be had), and a generator's answer is stored as an image or as nothing."""
+
+    def __init__(self, store: ImageStore):
+        self.store = store
+
+    def get(self, key: str) -> bool | None:
+        return True if self.store.has(key) else None
+
+    def put(self, key: str, image: Any) -> None:
+        if image is None:
+            self.store.put_nothing(key)
+        else:
+            self.store.put(key, image)
 
 
 def _readable_png(path: Path) -> bool:

@@ -53,12 +53,11 @@ class CaptionSpace:
     def captions(self, images: list[Image.Image]) -> list[str]:
         """Each image's caption, from the cache or captioned now (in one batch) and cached."""
         keys = [caption_key(self._captioner_name, pixel_hash(image)) for image in images]
-        found = {key: self._captions.get(key) for key in dict.fromkeys(keys)}
-        missing = {key: image for key, image in zip(keys, images, strict=True) if found[key] is None}
-        if missing:
-            found.update(caption_into_cache(self._captioner(), missing, self._captions))
-            self.captioned += len(missing)
-        return [str(found[key]) for key in keys]
+        image_of = dict(zip(keys, images, strict=True))
+        # One batch: the caller chose how many images to embed at a time.
+        found = caption_into_cache(self._captioner, keys, image_of.__getitem__, self._captions, max(len(images), 1))
+        self.captioned += found.computed
+        return [str(found.values[key]) for key in keys]
 
     def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
         """``[len(images), d]``: the text embedding of each image's caption, rows L2-normalised."""

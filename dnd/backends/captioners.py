@@ -19,17 +19,19 @@ from PIL import Image
 
 from dnd.backends.loading import load_model
 from dnd.backends.openai_client import OpenAIClient, server_label
+from dnd.batching import BatchFunction, CachedValues, cached_map
 from dnd.errors import DnDError
 from dnd.halving import fitting, joined_lists
 from dnd.store import content_key
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     import torch
 
     from dnd.backends.classifier import ImageClassifier
     from dnd.config import CaptionConfig, ClassifierConfig
+    from dnd.distributed import Ranks
     from dnd.store import ItemCache
 
 #: The item-cache namespace of captions (see :class:`dnd.store.ItemCache`).
@@ -63,21 +65,30 @@ def caption_key(captioner: str, pixels: str) -> str:
     return content_key({"captioner": captioner, "image": pixels})
 
 
-def caption_into_cache(captioner: Captioner, images: dict[str, Image.Image], cache: ItemCache) -> dict[str, str]:
-    """Caption ``images`` (caption key → image) in batches that fit the device, store each caption in ``cache``
-    under its key the moment it exists, and return key → caption.
+def caption_into_cache(
+    captioner: Callable[[], Captioner],
+    keys: Iterable[str],
+    image: Callable[[str], Image.Image],
+    cache: ItemCache,
+    batch_size: int,
+    description: str | None = None,
+    ranks: Ranks | None = None,
+) -> CachedValues[str]:
+    """The caption of every caption key in ``keys`` (:func:`caption_key`): from ``cache``, or captioned now.
 
-    Stage 3, the retrieval pool and the offline caption space all caption through here. Raises ``RuntimeError`` when
-    the captioner returns another number of captions than it was given images.
+    The missing ones are captioned ``batch_size`` images at a time (halved where they do not fit the device) by the
+    captioner ``captioner()`` gives, loaded only if an image is missing; ``image(key)`` gives a missing image's
+    pixels, and each caption is stored under its key the moment it exists. ``description`` and ``ranks`` are
+    :func:`dnd.batching.cached_map`'s. Stage 3, the retrieval pool and the offline caption space all caption through
+    here. Raises ``RuntimeError`` when the captioner returns another number of captions than it was given images.
     """
-    if not images:
-        return {}
-    texts = fitting("captioner").run(captioner.caption, list(images.values()), joined_lists)
-    if len(texts) != len(images):
-        raise RuntimeError(f"captioner {captioner.name} returned {len(texts)} captions for {len(images)} images")
-    for key, text in zip(images, texts, strict=True):
-        cache.put(key, text)
-    return dict(zip(images, texts, strict=True))
+
+    def load() -> BatchFunction[Image.Image, str]:
+        loaded = captioner()
+        run = functools.partial(fitting("captioner").run, loaded.caption, join=joined_lists)
+        return BatchFunction(run, f"captioner {loaded.name}", "captions", "images")
+
+    return cached_map(cache, keys, image, load, batch_size, description, ranks)
 
 
 class BlipCaptioner:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import torch
 
 from dnd.backends.loading import load_model
+from dnd.batching import chunks
 from dnd.config import EmbedConfig
 from dnd.errors import ModelLoadError
 from dnd.store import ItemCache, content_key
@@ -312,5 +313,5 @@ def _embed_batches(
     """``embed`` over consecutive batches of ``items`` → ``[len(items), width]`` on the CPU, rows L2-normalised."""
     if not items:
         return torch.empty(0, width)
-    batches = [embed(list(items[i : i + batch_size])).float().cpu() for i in range(0, len(items), batch_size)]
+    batches = [embed(batch).float().cpu() for batch in chunks(items, batch_size)]
     return torch.nn.functional.normalize(torch.cat(batches), dim=-1)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from dnd.backends.captioners import Captioner, caption_into_cache, caption_key
+from dnd.batching import chunks
 from dnd.data import ProbeSet, UnreadableImage, image_loader, unchanged
 from dnd.distributed import Ranks
 from dnd.errors import DnDError
@@ -133,29 +134,24 @@ class RetrievalGenerator:
         key_of: dict[int, str] = {}  # pool index -> caption key, for the readable images
         unreadable: dict[int, str] = {}
         captions: dict[str, str] = {}
-        missing: dict[str, Image.Image] = {}
         captioned = 0
-        size, count = self._batch_size, len(self.pool)
-        order = [list(range(i, min(i + size, count))) for i in range(0, count, size)]
-        # This process's share of the batches first (the other processes start on theirs), then the rest.
+        order = chunks(range(len(self.pool)), self._batch_size)
+        # This process's share of the batches first (the other processes start on theirs), then the rest: each batch
+        # is looked up in the cache when it is read, so a batch another process captioned meanwhile is not redone.
         first = self._ranks.rank * len(order) // self._ranks.world_size
         batches = image_loader(self.pool, unchanged, order[first:] + order[:first], self._num_workers)
         for batch in track(batches, "synthesize: caption the retrieval pool"):
+            images: dict[str, Image.Image] = {}
             for position, image, error in batch:
                 if image is None:
                     unreadable[position] = error or "unreadable"
                     continue
                 key = key_of[position] = caption_key(self._captioner_name, pixel_hash(image))
-                if key in captions or key in missing:
-                    continue
-                cached = self._captions.get(key)
-                if cached is None:
-                    missing[key] = image
-                else:
-                    captions[key] = cached
-            if len(missing) >= self._batch_size:
-                captioned += self._caption(missing, captions)
-        captioned += self._caption(missing, captions)
+                if key not in captions:
+                    images.setdefault(key, image)
+            found = caption_into_cache(self._captioner, images, images.__getitem__, self._captions, self._batch_size)
+            captions.update(found.values)
+            captioned += found.computed
         positions = sorted(key_of)  # rows in pool order, however the batches were visited
         keys = [key_of[position] for position in positions]
         if not positions:
@@ -166,15 +162,6 @@ class RetrievalGenerator:
         embedded = dict(zip(distinct, self._texts.embed(distinct), strict=True))
         vectors = torch.stack([embedded[text] for text in texts])  # [rows, d]
         return PoolIndex(positions, texts, vectors, dict(sorted(unreadable.items())), captioned)
-
-    def _caption(self, missing: dict[str, Image.Image], captions: dict[str, str]) -> int:
-        """Caption the ``missing`` images (key → image), store each caption, empty ``missing``; return how many."""
-        if not missing:
-            return 0
-        count = len(missing)
-        captions.update(caption_into_cache(self._captioner(), missing, self._captions))
-        missing.clear()
-        return count
 
     def _load(self, position: int) -> Image.Image:
         try:

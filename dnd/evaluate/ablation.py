@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from dnd import layout
 from dnd.backends.container import Backends
 from dnd.backends.embedders import TextEmbedder
+from dnd.batching import chunks
 from dnd.compare.readers import LabelSet
 from dnd.config import RunConfig
 from dnd.data import UnreadableImage, batch_loader
@@ -249,7 +250,7 @@ def _run_ablations(
     for index, units in enumerate(ablations):
         masks[index, list(units)] = 0
     size = config.probe.batch_size
-    batches = [list(range(i, min(i + size, len(probe)))) for i in range(0, len(probe), size)]
+    batches = chunks(range(len(probe)), size)
     loader = batch_loader(probe, target.preprocess, batches, config.probe.num_workers)
     rows: list[int] = []
     predicted: list[list[torch.Tensor]] = [[] for _ in ablations]

@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dnd.artifacts import CropBox, ExemplarImage
+from dnd.batching import chunks
 from dnd.data import UnreadableImage, open_rgb
 from dnd.exemplars import render_exemplar
 from dnd.layer_reductions import unit_maps_reducer
@@ -131,7 +132,7 @@ class Painter:
             return
         target = self.ctx.backends.target
         raw: dict[tuple[int, int], np.ndarray] = {}
-        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        batches = chunks(indices, self.batch_size)
         for batch in track(batches, f"report {self.layer}: activation maps"):
             readable = []
             for index in batch:

@@ -22,12 +22,13 @@ folder as it finishes, so a killed run redoes at most one batch per process, and
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
 import typing
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +39,7 @@ from pydantic import BaseModel
 from dnd import __version__, layout
 from dnd.artifacts import NeuronResult, PerNeuronArtifact
 from dnd.backends.container import Backends
+from dnd.batching import resumable_batches
 from dnd.config import RunConfig
 from dnd.data import ProbeSet, open_probe
 from dnd.distributed import Ranks
@@ -258,54 +260,48 @@ def _compute_in_neuron_batches(
 ) -> tuple[PerNeuronArtifact, dict[str, int]]:
     """``spec.compute`` on ``work`` a batch of ``size`` neurons at a time, each batch's entries written to
     ``work.progress`` as it finishes; batches found there (a killed run's) are read instead of computed, and the
-    batches still to compute are spread over the job's processes. Returns the artifact of all of ``work.neurons``
-    and the counts of the batches this process computed (``neuron_batches``; ``neuron_batches_resumed`` on rank 0)."""
+    batches still to compute are spread over the job's processes (:func:`dnd.batching.resumable_batches`). Returns
+    the artifact of all of ``work.neurons`` and the counts of the batches this process computed (``neuron_batches``;
+    ``neuron_batches_resumed`` on rank 0)."""
     assert spec.compute is not None and work.progress is not None
-    progress = work.progress
-    # 1. Rank 0 reads which neurons a killed run finished; the others are cut into batches.
-    finished = ctx.ranks.agree(lambda: _finished_batches(progress, work.neurons))
-    held = {neuron for neurons in finished.values() for neuron in neurons}
-    pending = [neuron for neuron in work.neurons if neuron not in held]
-    batches = [pending[i : i + size] for i in range(0, len(pending), size)]
-    # 2. Each process computes its share, keeping each batch the moment it is done.
-    counts: Counter[str] = Counter()
-    for batch in ctx.ranks.share(batches):
-        artifact, batch_counts = spec.compute(ctx, work.subset(batch))
-        record = {"neurons": batch, "artifact": artifact.model_dump(mode="json")}
-        atomic_write_text(_batch_file(progress, batch), canonical_json(record))
-        counts.update(batch_counts)
-        counts["neuron_batches"] += 1
-    ctx.ranks.barrier()
-    # 3. Every process reads every batch of this work, the resumed ones first.
-    files = [progress / name for name in finished] + [_batch_file(progress, batch) for batch in batches]
-    merged: PerNeuronArtifact | None = None
-    for path in files:
-        part = spec.artifact.model_validate(json.loads(path.read_text())["artifact"])
-        assert isinstance(part, PerNeuronArtifact)
-        merged = part if merged is None else part.merged_over(merged)
-    assert merged is not None
+    compute, counts = spec.compute, Counter[str]()
+
+    def compute_batches(batches: list[list[int]]) -> Iterator[PerNeuronArtifact]:
+        for batch in batches:
+            artifact, batch_counts = compute(ctx, work.subset(batch))
+            counts.update(batch_counts)
+            yield artifact
+
+    files = _NeuronBatches(spec.artifact)
+    done = resumable_batches(work.neurons, size, compute_batches, files, work.progress, ctx.ranks)
+    merged = functools.reduce(lambda earlier, part: part.merged_over(earlier), [part for _, part in done.batches])
     wanted = set(work.neurons)
     merged = merged.model_copy(update={"neurons": [entry for entry in merged.neurons if entry.neuron in wanted]})
-    resumed = len(finished) if ctx.ranks.is_main else 0
-    return merged, {"neuron_batches": 0, **counts, "neuron_batches_resumed": resumed}
+    return merged, {"neuron_batches": done.computed, **counts, "neuron_batches_resumed": done.resumed}
 
 
-_BATCH_PREFIX = "neurons-"
+class _NeuronBatches:
+    """A per-neuron stage's batches in its progress folder: ``neurons-<first>-<last>-<key>.json`` holding the batch's
+    neurons and its artifact."""
 
+    pattern = "neurons-*.json"
 
-def _batch_file(progress: Path, neurons: list[int]) -> Path:
-    return progress / f"{_BATCH_PREFIX}{neurons[0]}-{neurons[-1]}-{content_key(neurons)}.json"
+    def __init__(self, artifact: type[BaseModel]):
+        self.artifact = artifact
 
+    def name(self, neurons: list[int]) -> str:
+        return f"neurons-{neurons[0]}-{neurons[-1]}-{content_key(neurons)}.json"
 
-def _finished_batches(progress: Path, neurons: list[int]) -> dict[str, list[int]]:
-    """The batch files in ``progress`` with an entry for any of ``neurons``: file name -> the neurons it holds."""
-    wanted = set(neurons)
-    found = {}
-    for path in sorted(progress.glob(f"{_BATCH_PREFIX}*.json")) if progress.is_dir() else []:
-        held = json.loads(path.read_text())["neurons"]
-        if wanted.intersection(held):
-            found[path.name] = held
-    return found
+    def save(self, path: Path, neurons: list[int], artifact: PerNeuronArtifact) -> None:
+        atomic_write_text(path, canonical_json({"neurons": neurons, "artifact": artifact.model_dump(mode="json")}))
+
+    def held(self, path: Path) -> list[int]:
+        return json.loads(path.read_text())["neurons"]
+
+    def load(self, path: Path) -> PerNeuronArtifact:
+        part = self.artifact.model_validate(json.loads(path.read_text())["artifact"])
+        assert isinstance(part, PerNeuronArtifact)
+        return part
 
 
 def read_upstream(spec: StageSpec, job: StageJob) -> tuple[NeuronWork, dict[int, str]]:

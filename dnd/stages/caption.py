@@ -16,7 +16,6 @@ from PIL import Image
 from dnd.artifacts import Caption, Captions, ExemplarImage, NeuronCaptions, NeuronExemplars
 from dnd.backends.captioners import CAPTION_CACHE, caption_into_cache, caption_key
 from dnd.exemplars import ExemplarHashes, ExemplarPixels, hash_exemplars
-from dnd.progress import track
 from dnd.stages.base import NeuronWork, StageContext, StageSpec
 
 
@@ -32,25 +31,24 @@ def compute(ctx: StageContext, work: NeuronWork) -> tuple[Captions, dict[str, in
     hashes = hash_exemplars(pixels, entries, ctx.ranks, f"caption {work.layer}: read exemplars")
     for entry, hashed in zip(entries, hashes, strict=True):
         images.add(entry, hashed)
-    # 3-4. Each process captions its share of the unique images: from the cache, or in batches with the captioner,
-    #      each batch stored the moment it exists.
-    counts = {"unique_images": 0, "captioned": 0, "cache_hits": 0, "captioner_calls": 0}
-    batch_size = ctx.config.caption.batch_size
-
-    def caption_share(keys: list[str]) -> list[str]:
-        texts = {key: text for key in keys if (text := cache.get(key)) is not None}
-        missing = [key for key in keys if key not in texts]
-        batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
-        if batches:
-            captioner = ctx.backends.captioner  # built only now: a fully cached run never loads the model
-            for batch in track(batches, f"caption {work.layer}"):
-                texts.update(caption_into_cache(captioner, {key: images.render(key) for key in batch}, cache))
-        counts.update(unique_images=len(keys), captioned=len(missing), captioner_calls=len(batches))
-        counts["cache_hits"] = len(keys) - len(missing)
-        return [texts[key] for key in keys]
-
-    unique = list(images.sources)
-    captions = dict(zip(unique, ctx.ranks.map(unique, caption_share), strict=True))
+    # 3-4. Each process captions its share of the unique images: from the cache, or in batches with the captioner
+    #      (loaded only now: a fully cached run never loads the model), each batch stored the moment it exists.
+    captioned = caption_into_cache(
+        lambda: ctx.backends.captioner,
+        images.sources,
+        images.render,
+        cache,
+        ctx.config.caption.batch_size,
+        f"caption {work.layer}",
+        ctx.ranks,
+    )
+    counts = {
+        "unique_images": captioned.items,
+        "captioned": captioned.computed,
+        "cache_hits": captioned.hits,
+        "captioner_calls": captioned.calls,
+    }
+    captions = captioned.values
     # 5. Each neuron's captions in exemplar order; a neuron with an unreadable exemplar carries the reason.
     neurons = [images.neuron_captions(entry, captions) for entry in entries]
     return Captions(layer=work.layer, captioner=name, neurons=neurons), counts

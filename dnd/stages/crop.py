@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dnd.artifacts import CropBox, ExemplarImage, Exemplars, NeuronExemplars, NeuronTopImages, TopImages
+from dnd.batching import chunks
 from dnd.data import image_loader
 from dnd.exemplars import crop_view
 from dnd.layer_reductions import summary_reducer, unit_maps_reducer
@@ -136,7 +137,7 @@ def _crop_and_rank(
     # 2. One batched pass over the unique top images (an image shared by neurons runs once); of each image's
     #    output only the maps of the neurons that have it among their top images are read.
     indices = sorted(users)
-    batches = [indices[i : i + settings.batch_size] for i in range(0, len(indices), settings.batch_size)]
+    batches = chunks(indices, settings.batch_size)
     views = image_loader(ctx.probe, target.view, batches, config.probe.num_workers)
     crops = _CropBatches(target, layer, config.record, settings.batch_size)
     unreadable: dict[int, str] = {}

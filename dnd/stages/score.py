@@ -40,13 +40,13 @@ from dnd.artifacts import (
     NeuronGenerations,
     NeuronLabels,
 )
+from dnd.batching import BatchFunction, EncodedCache, cached_map
 from dnd.config import ScoreConfig
 from dnd.data import open_rgb
 from dnd.exemplars import ExemplarPixels, hash_exemplars
 from dnd.export import write_exports
 from dnd.halving import fitting, joined_tensors
 from dnd.image_store import ImageStore, image_store
-from dnd.progress import track
 from dnd.scoring import RankedImages, label_neuron, rank_pool
 from dnd.stages.base import NeuronWork, Requirement, StageContext, StageSpec
 from dnd.store import content_key
@@ -173,7 +173,8 @@ class _CachedEmbeddings:
     read or embed its share of them, then reads the others' from the cache."""
 
     def __init__(self, ctx: StageContext, namespace: str, embed: Callable[[list[Any]], torch.Tensor], what: str):
-        self.ranks, self.cache, self.embed, self.what = ctx.ranks, ctx.cache(namespace), embed, what
+        self.ranks, self.embed, self.what = ctx.ranks, embed, what
+        self.cache = EncodedCache(ctx.cache(namespace), encode=torch.Tensor.tolist, decode=_float_tensor)
         self.batch_size = ctx.config.score.batch_size
         self.vectors: dict[str, torch.Tensor] = {}
         self.pending: dict[str, Callable[[], Any]] = {}
@@ -186,30 +187,27 @@ class _CachedEmbeddings:
             self.pending.setdefault(key, item)
 
     def flush(self, description: str) -> None:
-        keys = list(self.pending)
-        missing = []
-        for key in self.ranks.share(keys):
-            stored = self.cache.get(key)
-            if stored is None:
-                missing.append(key)
-            else:
-                self.vectors[key] = torch.tensor(stored, dtype=torch.float32)
-                self.hits += 1
-        batches = [missing[i : i + self.batch_size] for i in range(0, len(missing), self.batch_size)]
-        for batch in track(batches, description):
-            vectors = fitting(self.what).run(self.embed, [self.pending[key]() for key in batch], joined_tensors)
-            if len(vectors) != len(batch):
-                raise RuntimeError(f"{self.what} returned {len(vectors)} embeddings for {len(batch)} inputs")
-            self.calls += 1
-            self.computed += len(batch)
-            for key, vector in zip(batch, vectors, strict=True):
-                self.cache.put(key, vector.tolist())
-                self.vectors[key] = vector.float()
-        self.ranks.barrier()
-        for key in keys:  # the other processes' shares
-            if key not in self.vectors:
-                self.vectors[key] = torch.tensor(self.cache.get(key), dtype=torch.float32)
+        found = cached_map(
+            self.cache,
+            self.pending,
+            lambda key: self.pending[key](),
+            lambda: BatchFunction(self._embed, self.what, "embeddings", "inputs"),
+            self.batch_size,
+            description,
+            self.ranks,
+        )
+        self.vectors.update({key: vector.float() for key, vector in found.values.items()})
+        self.hits += found.hits
+        self.computed += found.computed
+        self.calls += found.calls
         self.pending.clear()
+
+    def _embed(self, items: list[Any]) -> torch.Tensor:
+        return fitting(self.what).run(self.embed, items, joined_tensors)  # [len(items), d]
+
+
+def _float_tensor(stored: list[float]) -> torch.Tensor:
+    return torch.tensor(stored, dtype=torch.float32)
 
 
 class _ClipInputs:
