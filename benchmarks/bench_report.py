@@ -20,7 +20,7 @@ from typing import Any
 
 from dnd.backends.llms import ChatRequest
 from dnd.report.render import write_report
-from tests.report.small_run import LAYER, ColourLLM, small_run
+from tests.report.small_run import LAYER, ReportLLM, small_run
 
 NEURONS = 1024
 IMAGES = 512
@@ -29,7 +29,7 @@ SIZE = 64
 WORDS = ("stripes", "dots", "fur", "leaves", "waves", "grid", "sky", "stones", "petals", "scales", "sand", "glass")
 
 
-class VariedLLM(ColourLLM):
+class VariedLLM(ReportLLM):
     """The report tests' LLM, but each summary names its colour and a word picked by a hash of the question, so
     neurons whose captions are shuffled differently propose different concepts."""
 

@@ -183,7 +183,8 @@ def test_describe_and_report_label_an_sae_s_latents(tmp_path):
     from dnd.exemplars import render_exemplar
     from dnd.report.render import write_report
     from dnd.store import read_model
-    from tests.report.small_run import concept_colour, small_run, strongest_colour
+    from tests.fakes import concept_colour, dominant_colour
+    from tests.report.small_run import small_run
 
     # ColourNet's conv channels are red, green, blue, red + green; latent 0 fires on green, latent 1 on red.
     sae = tmp_path / "sae.safetensors"
@@ -204,7 +205,7 @@ def test_describe_and_report_label_an_sae_s_latents(tmp_path):
         assert crops
         for crop in crops:
             shown = render_exemplar(run.pipeline.context.probe, run.pipeline.backends.target, crop)
-            assert strongest_colour(shown) == colour
+            assert dominant_colour(shown) == colour
         assert all(colour in caption.text for caption in captions.neurons[unit].captions)
 
     result = write_report(run.pipeline, "conv")

@@ -7,7 +7,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,28 +25,19 @@ from dnd.exemplars import pixel_hash
 from dnd.pipeline import Pipeline
 from dnd.stages import crop, record, score, synthesize
 from dnd.store import ItemCache, read_model
+from tests.fakes import ColourCaptioner, ColourClip, dummy_backends
 from tests.helpers import make_config, stand_in_stage
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 #: The pool, in sorted order: two reds, a green, a blue.
 POOL = {"a.png": (255, 0, 0), "b.png": (0, 200, 0), "c.png": (200, 0, 0), "d.png": (0, 0, 255)}
-CAPTIONS = {0: "a red square", 1: "a green field", 2: "the blue sea"}  # by dominant channel
+CAPTIONS = {"red": "a red square", "green": "a green field", "blue": "the blue sea"}  # by dominant colour
 FLOOR = 0.45  # MiniLM: "red" ~ "a red square" 0.59, "ocean" ~ "the blue sea" 0.72, "a violin" < 0.2 to all
 
 
-class ColourCaptioner:
-    """Names an image by its dominant colour channel; counts the images it captions."""
-
-    name = "stub:colour"
-
-    def __init__(self) -> None:
-        self.captioned = 0
-        self.calls: list[list[tuple[int, int, int]]] = []  # the colour of each image of each call
-
-    def caption(self, images: list[Image.Image]) -> list[str]:
-        self.captioned += len(images)
-        self.calls.append([image.getpixel((0, 0)) for image in images])
-        return [CAPTIONS[int(np.asarray(image, dtype=np.float32).mean(axis=(0, 1)).argmax())] for image in images]
+def pool_captioner() -> ColourCaptioner:
+    """Names an image by its dominant colour with :data:`CAPTIONS`."""
+    return ColourCaptioner(CAPTIONS, name="stub:colour")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +86,7 @@ def pixels(image: Image.Image | None) -> tuple[int, int, int] | None:
 
 
 def test_image_i_of_a_concept_is_the_pool_image_with_the_i_th_nearest_caption(tmp_path, minilm):
-    captioner = ColourCaptioner()
+    captioner = pool_captioner()
     generator = retrieval(tmp_path, minilm, captioner)
     requests = [ask("red", 0), ask("ocean", 0), ask("red", 1), ask("grass", 0), ask("red", 2), ask("red", 4)]
 
@@ -116,7 +106,7 @@ def test_image_i_of_a_concept_is_the_pool_image_with_the_i_th_nearest_caption(tm
 
 
 def test_pool_captions_are_made_once_in_stage_3_s_cache(tmp_path, minilm):
-    captioner = ColourCaptioner()
+    captioner = pool_captioner()
     generator = retrieval(tmp_path, minilm, captioner)
     generator.generate([ask("red", 0)])
     generator.generate([ask("ocean", 0)])
@@ -124,22 +114,22 @@ def test_pool_captions_are_made_once_in_stage_3_s_cache(tmp_path, minilm):
     cache = ItemCache(tmp_path / "cache", CAPTION_CACHE)
     for name in POOL:
         image = open_rgb(tmp_path / "pool" / name)
-        assert cache.get(caption_key(captioner.name, pixel_hash(image))) == ColourCaptioner().caption([image])[0]
+        assert cache.get(caption_key(captioner.name, pixel_hash(image))) == pool_captioner().caption([image])[0]
 
     # Another generator over the same pool and cache captions nothing.
-    again = ColourCaptioner()
+    again = pool_captioner()
     assert pixels(retrieval(tmp_path, minilm, again).generate([ask("red", 1)])[0]) == (200, 0, 0)
     assert again.captioned == 0
 
 
 def test_a_similarity_floor_leaves_unrelated_concepts_without_images(tmp_path, minilm):
-    generator = retrieval(tmp_path, minilm, ColourCaptioner(), min_similarity=FLOOR)
+    generator = retrieval(tmp_path, minilm, pool_captioner(), min_similarity=FLOOR)
     images = generator.generate([ask("a violin", 0), ask("red", 0), ask("red", 1), ask("red", 2), ask("ocean", 0)])
     assert [pixels(image) for image in images] == [None, (255, 0, 0), (200, 0, 0), None, (0, 0, 255)]
 
 
 def test_the_name_changes_with_the_pool_the_captioner_and_the_floor(tmp_path, minilm):
-    generator = retrieval(tmp_path, minilm, ColourCaptioner())
+    generator = retrieval(tmp_path, minilm, pool_captioner())
     fingerprint = open_image_folders(tmp_path / "pool", "synthesize.pool").fingerprint
     assert generator.name == (
         f"retrieval:pool={fingerprint}:captioner=stub:colour:text={minilm.model}:min_similarity=none"
@@ -174,7 +164,7 @@ def test_bad_pool_folders_fail_naming_synthesize_pool(tmp_path, minilm, image_fo
         SynthesizeConfig(backend="retrieval"),
         open_image_folders(broken, "synthesize.pool"),
         "synthesize.pool",
-        captioner=ColourCaptioner,
+        captioner=pool_captioner,
         captioner_name="stub:colour",
         captions=ItemCache(tmp_path / "cache", CAPTION_CACHE),
         texts=minilm,
@@ -189,16 +179,6 @@ def test_bad_pool_folders_fail_naming_synthesize_pool(tmp_path, minilm, image_fo
 
 LAYER = "head"  # ChannelMixer's linear layer: neuron 0 = mean red, neuron 1 = green − blue
 CONCEPTS = {0: ["red", "a violin"], 1: ["ocean", "grass"], 2: ["a violin"]}
-
-
-class MeanColour:
-    """An image embedder double: an image's embedding is its mean colour (plus one, so black is not a zero vector)."""
-
-    name = model = "mean-colour"
-
-    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
-        means = np.stack([np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) + 1 for image in images])
-        return torch.nn.functional.normalize(torch.tensor(means), dim=-1)
 
 
 def test_a_concept_with_nothing_to_retrieve_is_scored_n_plus_1(tmp_path, minilm, mixer):
@@ -217,8 +197,11 @@ def test_a_concept_with_nothing_to_retrieve_is_scored_n_plus_1(tmp_path, minilm,
         "crop.exemplars=2",
         "score.image_embedder=classifier",
     )
-    captioner = ColourCaptioner()
-    backends = Backends(config, target=mixer, captioner=captioner, image_embedder=MeanColour(), text_embedder=minilm)
+    captioner = pool_captioner()
+    # No generator double: synthesize.backend=retrieval builds the retrieval generator. Images embed as their mean
+    # colour (plus one, so black is not a zero vector).
+    doubles = {"captioner": captioner, "image_embedder": ColourClip(offset=1.0), "text_embedder": minilm}
+    backends = dummy_backends(config, mixer, generator=None, **doubles)
     stages = [record.SPEC, crop.SPEC, summarize, synthesize.SPEC, score.SPEC]
     pipeline = Pipeline(config, backends, prompts_dir=PROMPTS, stages=stages)
 
@@ -252,8 +235,8 @@ class SecondOfTwo(Ranks):
 
 
 def test_each_process_of_a_job_captions_its_own_part_of_the_pool_first_and_all_build_one_index(tmp_path, minilm):
-    alone = retrieval(tmp_path / "alone", minilm, ColourCaptioner(), batch_size=2).index()
-    captioner = ColourCaptioner()
+    alone = retrieval(tmp_path / "alone", minilm, pool_captioner(), batch_size=2).index()
+    captioner = pool_captioner()
     second = retrieval(tmp_path / "second", minilm, captioner, batch_size=2, ranks=SecondOfTwo()).index()
 
     # Rank 1 starts on the second half of the pool (c.png, d.png), where rank 0 is not; rank 0 starts on a.png, b.png.

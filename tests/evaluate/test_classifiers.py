@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
-from torch import nn
 from typer.testing import CliRunner
 
 import dnd.cli.spaces
@@ -22,6 +20,7 @@ from dnd.compare.readers import LabelRow, LabelSet
 from dnd.errors import DnDError
 from dnd.evaluate.classifiers import evaluate_classifiers
 from tests.compare.fakes import TableEmbedder
+from tests.fakes import ChannelMeans
 from tests.helpers import make_config, to_tensor, write_cifar_config, write_images
 
 #: Uniform 8×8 images by class: (red, green, blue) pixel values.
@@ -33,19 +32,6 @@ IMAGES = {
 VECTORS = {"apple": [1, 0], "green grass": [0, 1], "red fruit": [0.8, 0.6], "green leaves": [0.6, 0.8]}
 #: Neuron k of the layer ``features`` is the mean of colour channel k; neurons 0 and 2 share a description.
 DESCRIPTIONS = {0: "red fruit", 1: "green leaves", 2: "red fruit"}
-
-
-class ChannelMeans(nn.Module):
-    """``features`` = per-image mean of each colour channel, ``[B, 3]``: neuron 0 red, 1 green, 2 blue."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Identity()
-        self.forward_calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.forward_calls += 1
-        return self.features(x.mean(dim=(2, 3)))
 
 
 def labelled_set(root: Path) -> Path:

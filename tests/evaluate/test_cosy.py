@@ -37,6 +37,7 @@ from dnd.evaluate.cosy import (
     write_results,
 )
 from dnd.store import write_model
+from tests.fakes import PaintingGenerator
 from tests.helpers import make_config, stored_images, to_tensor, write_cifar_config, write_images
 
 LAYER = "features"
@@ -64,34 +65,25 @@ class PatternDetector(nn.Module):
         return self.features(torch.stack([redness[:, :-1, :-1], checker], dim=1))
 
 
-class PatternGenerator:
-    """Paints ``red patches`` (a red square on noise) or a ``checkerboard`` when the prompt names one, uniform noise
-    (like the probing images) otherwise; each image depends only on its request. Keeps every call."""
+def draw_pattern(request: GenerationRequest, size: int) -> Image.Image:
+    """``red patches`` (a red square on noise) or a ``checkerboard`` when the prompt names one, uniform noise (like
+    the probing images) otherwise; each image depends only on its request."""
+    rng = np.random.default_rng(request.seed)
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    half = size // 2
+    if "red patches" in request.prompt:
+        x, y = rng.integers(0, half + 1, 2)
+        pixels[y : y + half, x : x + half] = (255, 0, 0)
+    elif "checkerboard" in request.prompt:
+        phase = rng.integers(0, 2)
+        rows, cols = np.indices((size, size))
+        pixels[:] = (((rows + cols + phase) % 2) * 255)[..., None].astype(np.uint8)
+    return Image.fromarray(pixels)
 
-    def __init__(self, name: str = "stub:patterns", size: int = 8) -> None:
-        self.name, self.size = name, size
-        self.calls: list[list[GenerationRequest]] = []
 
-    def generate(self, requests: list[GenerationRequest]) -> list[Image.Image]:
-        self.calls.append(list(requests))
-        return [Image.fromarray(self._draw(request)) for request in requests]
-
-    def _draw(self, request: GenerationRequest) -> np.ndarray:
-        rng = np.random.default_rng(request.seed)
-        pixels = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
-        half = self.size // 2
-        if "red patches" in request.prompt:
-            x, y = rng.integers(0, half + 1, 2)
-            pixels[y : y + half, x : x + half] = (255, 0, 0)
-        elif "checkerboard" in request.prompt:
-            phase = rng.integers(0, 2)
-            rows, cols = np.indices((self.size, self.size))
-            pixels[:] = (((rows + cols + phase) % 2) * 255)[..., None].astype(np.uint8)
-        return pixels
-
-    @property
-    def requests(self) -> list[GenerationRequest]:
-        return [request for call in self.calls for request in call]
+def pattern_generator(name: str = "stub:patterns", size: int = 8) -> PaintingGenerator:
+    """Paints :func:`draw_pattern`'s images; keeps every call."""
+    return PaintingGenerator(draw_pattern, size, name)
 
 
 def label_set(labels: dict[int, str], layer: str = LAYER) -> LabelSet:
@@ -113,7 +105,7 @@ def evaluate(tmp_path):
     network = PatternDetector()
     target = TargetNetwork("patterns", network, to_tensor)
 
-    def run(labels: dict[int, str], generator: PatternGenerator, neurons: list[int] | None = None):
+    def run(labels: dict[int, str], generator: PaintingGenerator, neurons: list[int] | None = None):
         backends = Backends(config, target=target, generator=generator)
         return evaluate_cosy(config, label_set(labels), LAYER, neurons, backends), network
 
@@ -166,14 +158,14 @@ def test_mad_by_hand():
 
 
 def test_right_label_near_one_wrong_label_near_half(evaluate):
-    right, _ = evaluate({0: "red patches", 1: "checkerboard"}, PatternGenerator())
+    right, _ = evaluate({0: "red patches", 1: "checkerboard"}, pattern_generator())
     assert [(n.unit, n.label) for n in right.neurons] == [(0, "red patches"), (1, "checkerboard")]
     assert all(n.auc > 0.95 for n in right.neurons), right.neurons
     assert all(n.mad > 3 for n in right.neurons), right.neurons
     assert (right.n_control, right.images_per_label, right.generator) == (PROBE_IMAGES, Q, "stub:patterns")
     assert right.prompt == "realistic photo of a close up of {description}"
 
-    wrong, _ = evaluate({0: "a cat", 1: "a cat"}, PatternGenerator())  # noise: looks like any probing image
+    wrong, _ = evaluate({0: "a cat", 1: "a cat"}, pattern_generator())  # noise: looks like any probing image
     assert all(0.35 < n.auc < 0.65 for n in wrong.neurons), wrong.neurons
     assert all(abs(n.mad) < 1 for n in wrong.neurons), wrong.neurons
 
@@ -186,7 +178,7 @@ def test_right_label_near_one_wrong_label_near_half(evaluate):
 
 def test_images_made_once_per_distinct_label_then_reused(evaluate, tmp_path):
     # Two neurons share one label: its Q images are generated once, in batches of cosy.batch_size.
-    stub = PatternGenerator()
+    stub = pattern_generator()
     first, network = evaluate({0: "checkerboard", 1: "checkerboard"}, stub)
     assert len(stub.requests) == Q and len({r.seed for r in stub.requests}) == Q
     assert [len(call) for call in stub.calls] == [7, 7, 7, 7, 2]
@@ -197,7 +189,7 @@ def test_images_made_once_per_distinct_label_then_reused(evaluate, tmp_path):
     assert network.forward_calls == math.ceil(PROBE_IMAGES / BATCH) + math.ceil(Q / BATCH)
 
     # A second evaluation generates nothing, reuses stage 1, and gives the same scores.
-    again = PatternGenerator()
+    again = pattern_generator()
     passes = network.forward_calls
     second, _ = evaluate({0: "checkerboard", 1: "checkerboard"}, again)
     assert again.calls == []
@@ -206,34 +198,34 @@ def test_images_made_once_per_distinct_label_then_reused(evaluate, tmp_path):
     assert second.neurons == first.neurons
 
     # A new label adds only its own images; another generator (a different name) makes its own.
-    third = PatternGenerator()
+    third = pattern_generator()
     result, _ = evaluate({0: "red patches", 1: "checkerboard"}, third)
     assert {r.prompt for r in third.requests} == {"realistic photo of a close up of red patches"}
     assert (result.images_generated, result.images_reused) == (Q, Q)
-    other = PatternGenerator(name="stub:other")
+    other = pattern_generator("stub:other")
     evaluate({1: "checkerboard"}, other)
     assert len(other.requests) == Q
 
 
 def test_an_unreadable_stored_image_is_a_clear_error(evaluate, tmp_path):
-    evaluate({0: "checkerboard"}, PatternGenerator())
+    evaluate({0: "checkerboard"}, pattern_generator())
     broken = stored_images(tmp_path / "outputs" / "images")[0]
     broken.unlink()  # a new file: the stored one is a hard link to pixels other images may share
     broken.write_bytes(b"not a png")
     with pytest.raises(DnDError, match=rf"generated image {re.escape(str(broken))} is unreadable .* delete it"):
-        evaluate({0: "checkerboard"}, PatternGenerator())
+        evaluate({0: "checkerboard"}, pattern_generator())
 
 
 def test_neurons_without_labels_and_user_errors(evaluate, tmp_path):
-    result, _ = evaluate({0: "red patches"}, PatternGenerator(), neurons=[0, 1])
+    result, _ = evaluate({0: "red patches"}, pattern_generator(), neurons=[0, 1])
     assert [n.unit for n in result.neurons] == [0] and result.unlabelled == [1]
 
     with pytest.raises(DnDError, match=r"none of the requested neurons has a label in labels.csv \(layer features"):
-        evaluate({0: "red patches"}, PatternGenerator(), neurons=[1])
+        evaluate({0: "red patches"}, pattern_generator(), neurons=[1])
     with pytest.raises(DnDError, match=r"labels units \[5\] of features, but this network's features has 2 neurons"):
-        evaluate({0: "red patches", 5: "sky"}, PatternGenerator())
+        evaluate({0: "red patches", 5: "sky"}, pattern_generator())
 
-    stub = PatternGenerator()
+    stub = pattern_generator()
     backends = Backends(make_config(tmp_path, tmp_path / "probe"), generator=stub)
     config = make_config(tmp_path, tmp_path / "probe", "cosy.prompt=a photo of {label}")
     with pytest.raises(DnDError, match=r"must hold \{description\} and no other placeholder \(found: \{label\}\)"):
@@ -244,7 +236,7 @@ def test_neurons_without_labels_and_user_errors(evaluate, tmp_path):
 
 
 def test_results_files(evaluate, tmp_path):
-    result, _ = evaluate({0: "red patches", 1: "checkerboard"}, PatternGenerator())
+    result, _ = evaluate({0: "red patches", 1: "checkerboard"}, pattern_generator())
     result.neurons[1].mad = None  # as for a neuron constant on the control set
     write_results(result, tmp_path / "cosy.csv")
     lines = (tmp_path / "cosy.csv").read_text().splitlines()
@@ -272,7 +264,7 @@ def cifar(tmp_path, monkeypatch) -> tuple[Path, list[SynthesizeConfig]]:
 
     def build_generator(settings, _device):
         built.append(settings)
-        return PatternGenerator(size=32)
+        return pattern_generator(size=32)
 
     monkeypatch.setattr(dnd.backends.generators, "build_generator", build_generator)
     return path, built

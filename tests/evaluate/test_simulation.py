@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 from typer.testing import CliRunner
 
 import dnd.evaluate.baselines
@@ -28,36 +27,12 @@ from dnd.evaluate.simulation import average_ranks, correlations, evaluate_simula
 from dnd.pipeline import Pipeline
 from dnd.store import ItemCache
 from tests.compare.fakes import TableEmbedder
+from tests.fakes import ChannelMeans, ColourCaptioner
 from tests.helpers import make_config, to_tensor, write_cifar_config
 from tests.tiny_models import tiny_clip
 
-COLOURS = ("red", "green", "blue")
 #: Texts as unit vectors: each colour its own axis, "images" equally near all three.
 VECTORS = {"red": [1, 0, 0], "green": [0, 1, 0], "blue": [0, 0, 1], "images": [1, 1, 1]}
-
-
-class ChannelMeans(nn.Module):
-    """``features`` = the per-image mean of each colour channel ``[B, 3]``: neuron 0 red, 1 green, 2 blue."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x.mean(dim=(2, 3)))
-
-
-class DominantColourCaptioner:
-    """Captions an image by its dominant colour channel; counts the images it captions."""
-
-    name = "stub:dominant-colour"
-
-    def __init__(self) -> None:
-        self.captioned = 0
-
-    def caption(self, images: list[Image.Image]) -> list[str]:
-        self.captioned += len(images)
-        return [COLOURS[int(np.asarray(image, dtype=np.float32).mean(axis=(0, 1)).argmax())] for image in images]
 
 
 def colour_images(folder, count: int = 40, seed: int = 0):
@@ -79,7 +54,7 @@ def run(tmp_path):
     """A pipeline over 40 random colours with the channel-mean network, and the caption space over its captions."""
     config = make_config(tmp_path, colour_images(tmp_path / "colours"))
     pipeline = Pipeline(config, Backends(config, target=TargetNetwork("means", ChannelMeans(), to_tensor)))
-    captioner = DominantColourCaptioner()
+    captioner = ColourCaptioner()
     space = CaptionSpace(
         lambda: captioner, captioner.name, ItemCache(tmp_path / "cache", "captions"), TableEmbedder("t", VECTORS)
     )
@@ -167,7 +142,7 @@ def test_any_transformers_image_text_model_can_simulate(tmp_path, run):
 def test_simulation_command_prints_labels_and_baselines(tmp_path, monkeypatch):
     config = write_cifar_config(tmp_path, images=20)  # a randomly initialised CIFAR ResNet-20
     space = CaptionSpace(
-        DominantColourCaptioner, "stub", ItemCache(tmp_path / "cache", "captions"), TableEmbedder("t", VECTORS)
+        ColourCaptioner, "stub", ItemCache(tmp_path / "cache", "captions"), TableEmbedder("t", VECTORS)
     )
     monkeypatch.setattr(dnd.image_embeddings, "image_text_space", lambda spec, backends: (space, "offline"))
     monkeypatch.setattr(dnd.evaluate.baselines, "run_captions", lambda pipeline, layer, units: None)

@@ -5,14 +5,14 @@ neuron's map has a place to fire and stage 2 finds crops. The target network's l
 green, blue and red + green (4 × 4 average pooling, then a 1 × 1 convolution: 8 × 8 maps). The captioner names an
 image's strongest colour; the LLM turns captions into concepts by their colour word, calls the red neuron's concept
 ``<script>alert(1)</script>`` and never gives the blue neuron a valid answer (so it fails, with the reason); the
-generator paints a concept's colour; the CLIP double embeds an image as its mean colour.
+generator paints a concept's colour; the CLIP double embeds an image as its mean colour. The doubles are the colour
+world's (``tests/fakes.py``), with the report's twists here: the LLM's script label and failures, the painter's
+noise.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dnd.backends.container import Backends
 from dnd.backends.generators import GenerationRequest
-from dnd.backends.llms import ChatReply, ChatRequest
+from dnd.backends.llms import ChatRequest
 from dnd.backends.target_network import TargetNetwork
 from dnd.pipeline import Pipeline
+from tests.fakes import COLOURS, ColourCaptioner, ColourLLM, PaintingGenerator, concept_colour, dummy_backends
 from tests.helpers import make_config, to_tensor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,6 @@ IMAGES = 16
 EVIL = "<script>alert(1)</script>"
 #: A caption's markup that must stay text: were it parsed, the page would hold an <img> pointing at no file.
 CAPTION_MARKUP = "<img src=x onerror=alert(2)>"
-COLOURS = {"red": (230, 40, 40), "green": (40, 220, 60), "blue": (50, 60, 230)}
 OVERRIDES = (
     "record.top_k=4",
     "crop.exemplars=4",
@@ -79,83 +78,29 @@ def write_probe(folder: Path, images: int = IMAGES, size: int = SIZE, varied: bo
         Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
 
 
-def strongest_colour(image: Image.Image) -> str:
-    means = np.asarray(image.convert("RGB"), dtype=np.float32).mean(axis=(0, 1))
-    return list(COLOURS)[int(means.argmax())]
-
-
-class ColourCaptioner:
-    name = "colour-words"
-
-    def __init__(self) -> None:
-        self.images = 0
-
-    def caption(self, images: list[Image.Image]) -> list[str]:
-        self.images += len(images)
-        return [f"a photo of {strongest_colour(image)} shapes {CAPTION_MARKUP}" for image in images]
-
-
-class ColourLLM:
-    """Answers a caption-shortening request with ``<colour> shapes`` and a summary request by the captions' most
-    frequent colour: ``<colour> things`` or ``<colour> blobs`` by sample, :data:`EVIL` for red's first sample and an
-    answer with a comma (always rejected) for blue."""
-
-    name = "colour-llm"
-
-    def chat(self, requests: list[ChatRequest]) -> list[ChatReply]:
-        return [ChatReply(self._answer(request), prompt_tokens=50, completion_tokens=3) for request in requests]
+class ReportLLM(ColourLLM):
+    """The colour LLM, but red's first sample is :data:`EVIL` (it must stay text on the page) and blue's summaries
+    always hold a comma (always rejected, so blue's neuron fails, with the reason)."""
 
     def _answer(self, request: ChatRequest) -> str:
-        asked = [text for role, text in request.messages if role == "user"]
-        # The question is the last turn opening as the prompt files' questions do; re-asks come after it.
-        question = next((text for text in reversed(asked) if text.startswith(("Caption:", "Descriptions:"))), asked[-1])
-        words = Counter(re.findall(r"\b(red|green|blue)\b", question))
-        colour = words.most_common(1)[0][0] if words else "grey"
-        if question.startswith("Caption:"):
-            return f"{colour} shapes"
-        if colour == "blue":
-            return "blue, and more"
-        if colour == "red" and request.sample % 2 == 0:
-            return EVIL
-        return f"{colour} {'things' if request.sample % 2 == 0 else 'blobs'}"
+        question = self.question(request)
+        if not question.startswith("Caption:"):
+            colour = self.colour(question)
+            if colour == "blue":
+                return "blue, and more"
+            if colour == "red" and request.sample % 2 == 0:
+                return EVIL
+        return super()._answer(request)
 
 
-def concept_colour(text: str) -> str:
-    found = re.findall(r"\b(red|green|blue)\b", text)
-    return found[0] if found else "red"  # the script label stands for red
-
-
-class PaintingGenerator:
-    name = "painter"
-
-    def __init__(self, size: int = SIZE) -> None:
-        self.size = size
-        self.requests: list[GenerationRequest] = []
-
-    def generate(self, requests: list[GenerationRequest]) -> list[Image.Image]:
-        self.requests.extend(requests)
-        images = []
-        for request in requests:
-            rng = np.random.default_rng(request.seed)
-            base = np.array(COLOURS[concept_colour(request.prompt)], dtype=np.float32)
-            # The script label's images are the brightest, so they rank first and it becomes Label 1.
-            strength = 1.0 if EVIL in request.prompt else rng.uniform(0.5, 0.8)
-            pixels = np.clip(base * strength + rng.normal(0, 12, (self.size, self.size, 3)), 0, 255)
-            images.append(Image.fromarray(pixels.astype(np.uint8)))
-        return images
-
-
-class ColourClip:
-    name = "clip"
-    model = "colour-clip"
-
-    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
-        means = [np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) for image in images]
-        return torch.nn.functional.normalize(torch.tensor(np.stack(means)), dim=-1)
-
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        vectors = [torch.tensor(COLOURS[concept_colour(text)], dtype=torch.float32) for text in texts]
-        return torch.nn.functional.normalize(torch.stack(vectors), dim=-1)
+def paint_concept(request: GenerationRequest, size: int) -> Image.Image:
+    """The concept's colour (:data:`EVIL` stands for red) at a random strength, with noise."""
+    rng = np.random.default_rng(request.seed)
+    base = np.array(COLOURS[concept_colour(request.prompt)], dtype=np.float32)
+    # The script label's images are the brightest, so they rank first and it becomes Label 1.
+    strength = 1.0 if EVIL in request.prompt else rng.uniform(0.5, 0.8)
+    pixels = np.clip(base * strength + rng.normal(0, 12, (size, size, 3)), 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8))
 
 
 @dataclass
@@ -195,13 +140,12 @@ def small_run(
         shutil.copytree(ROOT / "prompts", prompts)
     config = make_config(tmp_path, tmp_path / "probe", *OVERRIDES, f"prompts_dir={prompts}", *overrides)
     network = ColourNet(channels)
-    backends = Backends(
+    backends = dummy_backends(
         config,
-        target=TargetNetwork("colour-net", network, to_tensor),
-        captioner=ColourCaptioner(),
-        concept_llm=llm or ColourLLM(),
-        generator=PaintingGenerator(size),
-        clip=ColourClip(),
+        TargetNetwork("colour-net", network, to_tensor),
+        captioner=ColourCaptioner(f"a photo of {{colour}} shapes {CAPTION_MARKUP}", name="colour-words"),
+        concept_llm=llm or ReportLLM(),
+        generator=PaintingGenerator(paint_concept, size, name="painter"),
     )
     run = SmallRun(Pipeline(config, backends), prompts, network)
     if describe:

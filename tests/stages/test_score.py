@@ -11,25 +11,21 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from dnd.artifacts import ConceptImages, Generations, Labels, NeuronGenerations
 from dnd.backends.container import Backends
 from dnd.compare.readers import read_labels
-from dnd.exemplars import pixel_hash
 from dnd.image_store import image_store
 from dnd.pipeline import Pipeline
 from dnd.stages import crop, record, score
 from dnd.stages.base import StageSpec
 from dnd.store import content_key, read_model
+from tests.fakes import ColourClip, dummy_backends, solid
 from tests.helpers import make_config
 from tests.tiny_models import tiny_clip
 
 LAYER = "head"
-SIZE = 8
 #: The probing set: solid images; each neuron's top-2 (= its exemplars) are its two brightest of one colour.
 PROBE = {
     "img000.png": (255, 0, 0),
@@ -85,36 +81,8 @@ FINAL_RESULTS = (
 )
 
 
-def solid(colour: tuple[int, int, int]) -> Image.Image:
-    return Image.new("RGB", (SIZE, SIZE), colour)
-
-
 def image_id(concept: str, index: int) -> str:
     return content_key({"concept": concept, "index": index})
-
-
-class ColourClip:
-    """A CLIP double: an image's embedding is its normalised mean colour, a text's is :data:`TEXTS`. It keeps the
-    pixel hash of every image and every text it embeds."""
-
-    name = "clip"
-    model = "colour-clip"
-
-    def __init__(self) -> None:
-        self.images: list[str] = []
-        self.texts: list[str] = []
-        self.calls = 0
-
-    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
-        self.calls += 1
-        self.images.extend(pixel_hash(image) for image in images)
-        means = torch.tensor(np.stack([np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) for image in images]))
-        return torch.nn.functional.normalize(means, dim=-1)
-
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        self.calls += 1
-        self.texts.extend(texts)
-        return torch.tensor([TEXTS[text] for text in texts])
 
 
 def synthesize_stage() -> StageSpec:
@@ -154,9 +122,9 @@ class Run:
             probe.mkdir()
             for name, colour in PROBE.items():
                 solid(colour).save(probe / name)
-        self.mixer, self.clip = mixer, ColourClip()
+        self.mixer, self.clip = mixer, ColourClip(texts=TEXTS)
         self.config = make_config(tmp_path, probe, *OVERRIDES, *overrides)
-        self.pipeline = Pipeline(self.config, Backends(self.config, target=mixer, clip=self.clip), stages=STAGES)
+        self.pipeline = Pipeline(self.config, dummy_backends(self.config, mixer, clip=self.clip), stages=STAGES)
 
     def score(self, neurons: list[int] | None = None, force: bool = False) -> tuple[Labels, dict[str, int], int]:
         """``(Labels, manifest counts, target forward calls made by stage 6)``."""

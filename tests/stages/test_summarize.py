@@ -14,9 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from dnd.artifacts import Caption, Captions, Concepts, NeuronCaptions, TokenUsage
 from dnd.backends.chat import ChatReply, ChatRequest
@@ -29,6 +27,7 @@ from dnd.stages import record, summarize
 from dnd.stages.base import StageSpec
 from dnd.stages.summarize import ChatTemplate, parse_answer
 from dnd.store import read_model
+from tests.fakes import ColourCaptioner, dummy_backends
 from tests.helpers import make_config, stand_in_stage
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
@@ -421,18 +420,6 @@ def test_token_usage_per_neuron_and_in_total(run_stage):
     assert concepts.neurons[0].usage + concepts.neurons[1].usage == concepts.usage + shared
 
 
-class ColourCaptioner:
-    """Captions an image with its dominant colour channel."""
-
-    name = "fake:colour"
-
-    def caption(self, images: list[Image.Image]) -> list[str]:
-        colours = ("red", "green", "blue")
-        return [
-            f"a photo of {colours[int(np.asarray(image).reshape(-1, 3).mean(0).argmax())]} noise" for image in images
-        ]
-
-
 def test_summarises_the_real_caption_stage(tmp_path, image_folder, mixer):
     def answer(request):
         kind, items, _ = read_request(request)
@@ -441,8 +428,11 @@ def test_summarises_the_real_caption_stage(tmp_path, image_folder, mixer):
         counts = Counter(items)
         return min(counts, key=lambda item: (-counts[item], item)) + " patterns"  # the most frequent, ties by name
 
+    def doubles() -> dict:
+        return {"captioner": ColourCaptioner("a photo of {colour} noise"), "concept_llm": ScriptedLLM(answer)}
+
     config = make_config(tmp_path, image_folder, "record.top_k=4", "crop.exemplars=4")
-    backends = Backends(config, target=mixer, captioner=ColourCaptioner(), concept_llm=ScriptedLLM(answer))
+    backends = dummy_backends(config, mixer, **doubles())
     pipeline = Pipeline(config, backends, prompts_dir=PROMPTS)
     folder = pipeline.run_until("summarize", ["conv"])["conv"]
 
@@ -455,7 +445,7 @@ def test_summarises_the_real_caption_stage(tmp_path, image_folder, mixer):
         assert entry.concepts == [min(counts, key=lambda item: (-counts[item], item)) + " patterns"]
 
     # Nothing is asked or built again, even when stage 4 itself is redone by the same models.
-    same_models = NoLLM(config, target=mixer, captioner=ColourCaptioner(), concept_llm=ScriptedLLM(answer))
+    same_models = dummy_backends(config, mixer, NoLLM, **doubles())
     again = Pipeline(config, same_models, prompts_dir=PROMPTS)
     assert again.run_until("summarize", ["conv"], force_stages={"summarize"})["conv"] == folder
     assert read_model(folder / "artifact.json", Concepts) == concepts

@@ -7,14 +7,12 @@ neurons, a neuron whose summary failed)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from dnd.artifacts import Concepts, Generations, NeuronConcepts
 from dnd.backends.container import Backends
@@ -26,6 +24,7 @@ from dnd.stages import record, synthesize
 from dnd.stages.base import StageSpec
 from dnd.stages.synthesize import parse_template
 from dnd.store import content_key, read_model
+from tests.fakes import PaintingGenerator, dummy_backends, hashed_colour
 from tests.helpers import make_config, stand_in_stage, stored_images
 from tests.tiny_models import TINY_IMAGE_SIZE, tiny_stable_diffusion
 
@@ -37,35 +36,6 @@ CONCEPTS: dict[int, list[str] | str] = {  # a string is the reason the summary f
     2: "no valid concept in 5 summaries: every answer was rejected",
 }
 Q = 2  # synthesize.images_per_concept in these tests
-SIZE = 4  # the fake's images
-
-
-def colour(request: GenerationRequest) -> tuple[int, int, int]:
-    digest = hashlib.sha256(f"{request.prompt}|{request.seed}".encode()).digest()
-    return digest[0], digest[1], digest[2]
-
-
-class PaintingGenerator:
-    """Paints each request as a solid colour derived from its prompt and seed; keeps every call.
-
-    ``fail_at_call`` simulates a kill during that call.
-    """
-
-    name = "fake:solid-colour"
-
-    def __init__(self, fail_at_call: int | None = None) -> None:
-        self.calls: list[list[GenerationRequest]] = []
-        self.fail_at_call = fail_at_call
-
-    def generate(self, requests: list[GenerationRequest]) -> list[Image.Image]:
-        self.calls.append(list(requests))
-        if len(self.calls) == self.fail_at_call:
-            raise KeyboardInterrupt("simulated kill")
-        return [Image.new("RGB", (SIZE, SIZE), colour(request)) for request in requests]
-
-    @property
-    def requests(self) -> list[GenerationRequest]:
-        return [request for call in self.calls for request in call]
 
 
 class NoGenerator(Backends):
@@ -103,7 +73,7 @@ def run_stage(tmp_path, image_folder, mixer):
     ) -> tuple[Generations, dict[str, int]]:
         config = make_config(tmp_path / out, image_folder, f"synthesize.images_per_concept={Q}", *overrides)
         pipeline = Pipeline(
-            config, backends(config, target=mixer, generator=generator), prompts_dir=PROMPTS, stages=STAGES
+            config, dummy_backends(config, mixer, backends, generator=generator), prompts_dir=PROMPTS, stages=STAGES
         )
         folder = pipeline.run_until("synthesize", [LAYER], neurons, {"synthesize"} if force else None)[LAYER]
         counts = json.loads((folder / "manifest.json").read_text())["counts"]
@@ -158,7 +128,7 @@ def test_each_concept_is_generated_once_for_every_neuron_that_proposes_it(run_st
         for index, image_id in enumerate(entry.image_ids):
             request = GenerationRequest(entry.prompt, image_seed(0, entry.prompt, index))
             assert image_id == content_key({"generator": generator.name, "prompt": entry.prompt, "seed": request.seed})
-            assert store.load(image_id).getpixel((0, 0)) == colour(request)
+            assert store.load(image_id).getpixel((0, 0)) == hashed_colour(request, 1).getpixel((0, 0))
     assert len(stored_files(tmp_path)) == 3 * Q
 
 
