@@ -7,17 +7,7 @@ from PIL import Image
 
 from dnd.backends.generators import GenerationRequest
 from dnd.image_store import SEED_BITS, ImageStore, generate_missing, image_seed, image_store, plan_images
-
-
-class Painter:
-    name = "painter"
-
-    def __init__(self) -> None:
-        self.calls: list[list[GenerationRequest]] = []
-
-    def generate(self, requests: list[GenerationRequest]) -> list[Image.Image]:
-        self.calls.append(requests)
-        return [Image.new("RGB", (2, 2), (request.seed % 256, 0, 0)) for request in requests]
+from tests.fakes import PaintingGenerator
 
 
 class Lazy:
@@ -25,10 +15,10 @@ class Lazy:
 
     def __init__(self) -> None:
         self.builds = 0
-        self.painter = Painter()
+        self.painter = PaintingGenerator(size=2, name="painter")
 
     @property
-    def generator(self) -> Painter:
+    def generator(self) -> PaintingGenerator:
         self.builds += 1
         return self.painter
 
