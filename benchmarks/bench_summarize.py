@@ -41,9 +41,9 @@ from dnd.backends.container import Backends
 from dnd.backends.llms import ConceptLLM
 from dnd.backends.target_network import TargetNetwork
 from dnd.backends.targets import load_target
+from dnd.concept_answers import REJECTIONS
 from dnd.config import RunConfig, TargetConfig, load_config
 from dnd.pipeline import Pipeline
-from dnd.stages.summarize import REJECTIONS
 from dnd.store import read_model
 
 CIFAR_IMAGES = SHARED / "data" / "cifar10-test"

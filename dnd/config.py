@@ -367,9 +367,9 @@ class CosyConfig(_Section):
     The defaults are the published protocol (generator ``published``, 50 images per label, their prompt), so our
     CoSy numbers are comparable with theirs; ``generator`` chooses a cheaper stand-in (see :data:`COSY_GENERATORS`)
     or, with ``synthesize``, this run's stage-5 generator. Images go to stage 5's image store, keyed by the generator's
-    model and settings, so they are generated once and reused by every later evaluation. The prompt is a setting of
-    the protocol, not a method prompt in ``prompts/``: ``--set cosy.prompt=...`` changes it for one evaluation without
-    editing a file.
+    model and settings, so they are generated once and reused by every later evaluation. The prompt is a file in
+    ``prompts_dir`` like every prompt: ``prompts/cosy.md`` holds the published one, and ``--set cosy.prompt_file=...``
+    chooses another file for one evaluation (a departure from the protocol) without editing it.
     """
 
     generator: Literal["published", "sd15", "sd-turbo", "synthesize"] = Field(
@@ -383,9 +383,10 @@ class CosyConfig(_Section):
         "save_pretrained); empty means its hub id. For generator=synthesize set synthesize.model instead.",
     )
     images_per_label: int = Field(50, ge=1, description="Images generated per distinct label.")
-    prompt: str = Field(
-        "realistic photo of a close up of {description}",
-        description="Text-to-image prompt; {description} stands for the label (a literal brace is {{ or }}).",
+    prompt_file: str = Field(
+        "cosy.md",
+        description="The text-to-image prompt's file in prompts_dir (the published prompt: cosy.md); in it, "
+        "{description} stands for the label.",
     )
     batch_size: int = execution_detail(8, ge=1, description="Images generated together.")
 
@@ -395,7 +396,7 @@ class CosyConfig(_Section):
         published = {
             "generator": "published",
             "images_per_label": 50,
-            "prompt": type(self).model_fields["prompt"].default,
+            "prompt_file": type(self).model_fields["prompt_file"].default,
         }
         return [f"cosy.{key}={getattr(self, key)!r}" for key, value in published.items() if getattr(self, key) != value]
 

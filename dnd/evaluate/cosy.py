@@ -1,11 +1,11 @@
 """CoSy (Kopf et al., NeurIPS 2024): does a neuron's label name what drives it? (method.md, section 3)
 
-For a neuron with label *d*, ``cosy.images_per_label`` images are generated from ``cosy.prompt`` with *d* in place of
-``{description}`` by the generator ``cosy.generator`` names (by default the published protocol's, SDXL base 1.0: see
-:data:`~dnd.config.COSY_GENERATORS` and :func:`cosy_run_config`); the control set is the probing set. With the
-neuron's activations ``s_1 … s_m`` on the images of its label and ``c_1 … c_n`` on the control images (each
-summarised as stage 1 does: ``record.summary`` / ``record.tokens``), two scores, both higher-is-better, are computed
-by :func:`roc_auc` and :func:`mean_activation_difference`:
+For a neuron with label *d*, ``cosy.images_per_label`` images are generated from the prompt of ``cosy.prompt_file``
+(``prompts/cosy.md``) with *d* in place of ``{description}`` by the generator ``cosy.generator`` names (by default
+the published protocol's, SDXL base 1.0: see :data:`~dnd.config.COSY_GENERATORS` and :func:`cosy_run_config`); the
+control set is the probing set. With the neuron's activations ``s_1 … s_m`` on the images of its label and
+``c_1 … c_n`` on the control images (each summarised as stage 1 does: ``record.summary`` / ``record.tokens``), two
+scores, both higher-is-better, are computed by :func:`roc_auc` and :func:`mean_activation_difference`:
 
 - **AUC**: the ROC-AUC of the activation as a score separating synthetic (1) from control (0) images;
 - **MAD**: the difference of the two means in units of the control set's standard deviation.
@@ -23,7 +23,6 @@ The work, once per call (one layer, the requested neurons):
 from __future__ import annotations
 
 import math
-import string
 from pathlib import Path
 
 import torch
@@ -38,8 +37,9 @@ from dnd.evaluate.metrics import roc_auc
 from dnd.evaluate.output import write_csv_or_json
 from dnd.image_store import generate_missing, image_store, plan_images
 from dnd.pipeline import Pipeline
+from dnd.prompts import format_fix, read_prompt, single_prompt
 
-#: The placeholder ``cosy.prompt`` must hold.
+#: The placeholder the prompt of ``cosy.prompt_file`` must hold.
 PLACEHOLDER = "description"
 #: MAD divides by the control set's sample standard deviation, which needs this many control images.
 MIN_CONTROL_IMAGES = 2
@@ -110,7 +110,7 @@ class CosyResult(BaseModel):
         description="Settings that differ from the published protocol (empty: comparable with published numbers)."
     )
     generator: str = Field(description="The generator's name: model and every setting that changes the pixels.")
-    prompt: str = Field(description="The prompt template (cosy.prompt).")
+    prompt: str = Field(description="The prompt template (the text of cosy.prompt_file).")
     images_per_label: int
     n_control: int = Field(description="Readable probing images: the control set.")
     neurons: list[NeuronCosy] = Field(description="Every evaluated neuron, by unit.")
@@ -145,10 +145,10 @@ def evaluate_cosy(
     the images of its first label against the probing set of ``config``; models come from ``backends`` (default:
     ``Backends`` of :func:`cosy_run_config`, i.e. with CoSy's generator).
 
-    Raises :class:`DnDError` when ``cosy.prompt`` lacks its placeholder, ``layer`` is not in ``labels``, none of the
+    Raises :class:`DnDError` when the prompt file is missing or malformed, ``layer`` is not in ``labels``, none of the
     requested neurons has a label, a labelled neuron is beyond the layer's size, or a stored image is unreadable.
     """
-    check_prompt(config.cosy.prompt)
+    prompt = cosy_prompt(config)
     config = cosy_run_config(config)
     backends = backends or Backends(config)
     # 1. The neurons to score: those requested that have a label in this layer.
@@ -170,7 +170,7 @@ def evaluate_cosy(
     _check_fit(labels, layer, chosen, control)
     # 3. images_per_label images per distinct label, generated only where the image store lacks them.
     store = image_store(config.output_dir)
-    prompts = {label: config.cosy.prompt.format(**{PLACEHOLDER: label}) for label in dict.fromkeys(label_of.values())}
+    prompts = {label: prompt.format(**{PLACEHOLDER: label}) for label in dict.fromkeys(label_of.values())}
     requests, keys_of = plan_images(prompts, config.cosy.images_per_label, config.seed, backends.generator_identity())
     generated, _calls = generate_missing(store, backends, requests, config.cosy.batch_size, f"cosy {layer}: generate")
     short = [label for label, keys in keys_of.items() if any(store.is_nothing(key) for key in keys)]
@@ -211,7 +211,7 @@ def evaluate_cosy(
         protocol=config.cosy.generator,
         deviations=config.cosy.deviations(),
         generator=backends.generator_identity(),
-        prompt=config.cosy.prompt,
+        prompt=prompt,
         images_per_label=config.cosy.images_per_label,
         n_control=control.shape[0],
         neurons=[
@@ -226,18 +226,12 @@ def evaluate_cosy(
     )
 
 
-def check_prompt(template: str) -> None:
-    """Raise :class:`DnDError` naming the fix unless ``template``'s one placeholder is ``{description}``."""
-    fix = "set cosy.prompt to a text holding {description}, e.g. --set 'cosy.prompt=a photo of {description}'"
-    try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-    except ValueError as exc:
-        raise DnDError(f"cosy.prompt {template!r}: {exc} (write a literal brace as {{{{ or }}}}); {fix}") from None
-    if fields != {PLACEHOLDER}:
-        found = ", ".join(sorted(f"{{{field}}}" for field in fields)) or "none"
-        raise DnDError(
-            f"cosy.prompt {template!r} must hold {{{PLACEHOLDER}}} and no other placeholder (found: {found}); {fix}"
-        )
+def cosy_prompt(config: RunConfig) -> str:
+    """The prompt template in ``cosy.prompt_file`` (read from ``prompts_dir``); raises :class:`DnDError` naming the
+    fix when the file is missing or its one placeholder is not ``{description}``."""
+    name = config.cosy.prompt_file
+    fix = f"{format_fix(name)}, or choose another file with cosy.prompt_file"
+    return single_prompt(name, read_prompt(config.prompts_dir, name), PLACEHOLDER, fix)
 
 
 def _check_fit(labels: LabelSet, layer: str, chosen: list[int], control: torch.Tensor) -> None:

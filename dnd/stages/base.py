@@ -43,8 +43,8 @@ from dnd.batching import resumable_batches
 from dnd.config import RunConfig
 from dnd.data import ProbeSet, open_probe
 from dnd.distributed import Ranks
-from dnd.errors import DnDError
 from dnd.layout import ARTIFACT_FILE, MANIFEST_FILE
+from dnd.prompts import read_prompt
 from dnd.store import (
     ItemCache,
     StageStore,
@@ -181,10 +181,7 @@ class StageContext:
         return open_probe(self.config.probe)
 
     def prompt_text(self, name: str) -> str:
-        path = self.prompts_dir / name
-        if not path.is_file():
-            raise DnDError(f"prompt file {path} is missing (prompts are read from {self.prompts_dir})")
-        return path.read_text()
+        return read_prompt(self.prompts_dir, name)
 
     def cache(self, namespace: str) -> ItemCache:
         """Per-item results (captions per image, LLM answers per request, ...) shared by all runs."""

@@ -12,46 +12,18 @@ its share of the images.
 
 from __future__ import annotations
 
-import re
-import string
-
 from dnd.artifacts import ConceptImages, Generations, NeuronGenerations
-from dnd.errors import DnDError
 from dnd.image_store import generate_missing, image_store, plan_images
+from dnd.prompts import single_prompt
 from dnd.stages.base import NeuronWork, Requirement, StageContext, StageSpec
 
 PROMPT_FILE = "synthesize.md"
-
-_PROMPT_SECTION = re.compile(r"^## prompt[ \t]*$", re.MULTILINE)
-
-
-def parse_template(text: str) -> str:
-    """The prompt template in the text of ``prompts/synthesize.md``: what follows its ``## prompt`` line.
-
-    The template's one placeholder is ``{concept}``; raises :class:`DnDError` naming the problem otherwise.
-    """
-    fix = f"fix prompts/{PROMPT_FILE} (the note at its top describes the format)"
-    parts = _PROMPT_SECTION.split(text)
-    if len(parts) != 2 or not parts[1].strip():
-        raise DnDError(f"prompt {PROMPT_FILE}: expected one '## prompt' line with the prompt below it; {fix}")
-    template = parts[1].strip()
-    try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-    except ValueError as exc:
-        raise DnDError(f"prompt {PROMPT_FILE}: {exc} (write a literal brace as {{{{ or }}}}); {fix}") from None
-    if fields != {"concept"}:
-        found = ", ".join(sorted(f"{{{field}}}" for field in fields)) or "none"
-        raise DnDError(
-            f"prompt {PROMPT_FILE}: the prompt must hold the placeholder {{concept}} and no other (found: {found}); "
-            f"{fix}"
-        )
-    return template
 
 
 def compute(ctx: StageContext, work: NeuronWork) -> tuple[Generations, dict[str, int]]:
     """Make sure each candidate concept of ``work.neurons`` of one layer has its Q images in the image store (reused
     or generated); return the neurons' concepts with their image ids, and what this run generated."""
-    template = parse_template(ctx.prompt_text(PROMPT_FILE))
+    template = single_prompt(PROMPT_FILE, ctx.prompt_text(PROMPT_FILE), "concept")
     config = ctx.config.synthesize
     name = ctx.backends.generator_identity()
     store = image_store(ctx.config.output_dir)

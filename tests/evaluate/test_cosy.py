@@ -227,9 +227,20 @@ def test_neurons_without_labels_and_user_errors(evaluate, tmp_path):
 
     stub = pattern_generator()
     backends = Backends(make_config(tmp_path, tmp_path / "probe"), generator=stub)
-    config = make_config(tmp_path, tmp_path / "probe", "cosy.prompt=a photo of {label}")
-    with pytest.raises(DnDError, match=r"must hold \{description\} and no other placeholder \(found: \{label\}\)"):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "mine.md").write_text("## prompt\na photo of {label}\n")
+    config = make_config(tmp_path, tmp_path / "probe", f"prompts_dir={prompts}", "cosy.prompt_file=mine.md")
+    with pytest.raises(DnDError, match=r"unknown placeholder\(s\) label; allowed there: description; fix prompts/mine"):
         evaluate_cosy(config, label_set({0: "red"}), LAYER, None, backends)
+    with pytest.raises(DnDError, match=r"prompt file .*other.md is missing"):
+        evaluate_cosy(
+            config.model_copy(update={"cosy": config.cosy.model_copy(update={"prompt_file": "other.md"})}),
+            label_set({0: "red"}),
+            LAYER,
+            None,
+            backends,
+        )
     with pytest.raises(DnDError, match="layer conv is not in labels.csv; it has: features"):
         evaluate_cosy(make_config(tmp_path, tmp_path / "probe"), label_set({0: "red"}), "conv", None, backends)
     assert stub.calls == []
@@ -331,7 +342,9 @@ def test_the_published_protocol_is_the_default_and_cheaper_generators_say_so(cif
 
 def test_cosy_generator_settings():
     run = load_config(None, ["synthesize.model=/models/my-sd", "synthesize.steps=20", "cosy.batch_size=2"])
-    assert run.cosy.images_per_label == 50 and run.cosy.prompt == "realistic photo of a close up of {description}"
+    assert run.cosy.images_per_label == 50 and run.cosy.prompt_file == "cosy.md"
+    mine = run.cosy.model_copy(update={"prompt_file": "mine.md"})
+    assert mine.deviations() == ["cosy.prompt_file='mine.md'"]
     published = cosy_run_config(run).synthesize
     assert (published.model, published.scheduler, published.steps, published.guidance_scale, published.size) == (
         "stabilityai/stable-diffusion-xl-base-1.0",

@@ -1,5 +1,7 @@
-"""Stage 4 (summarize): answer validation, re-asks, seeded shuffles, one chat() call per round, the reply cache, prompt
-files in the key, failures and token usage — with a scripted ConceptLLM.
+"""Stage 4 (summarize): rejected answers and their re-asks, seeded shuffles, one chat() call per round, the reply
+cache, prompt files in the key, failures and token usage — with a scripted ConceptLLM. The prompt-file grammar, the
+validation of an answer and the re-ask loop on their own are tested in test_prompts.py, test_concept_answers.py and
+test_asking.py.
 
 Most tests put a stand-in for stage 3 in front of stage 4, so that each neuron's captions are exactly the ones a case
 needs (a caption shared by two neurons, a neuron whose captioning failed); one test runs the real record → crop →
@@ -21,11 +23,9 @@ from dnd.backends.chat import ChatReply, ChatRequest
 from dnd.backends.container import Backends
 from dnd.backends.llms import OpenAIConceptLLM
 from dnd.config import OpenAIConfig, load_config
-from dnd.errors import DnDError
 from dnd.pipeline import Pipeline
 from dnd.stages import record, summarize
 from dnd.stages.base import StageSpec
-from dnd.stages.summarize import ChatTemplate, parse_answer
 from dnd.store import read_model
 from tests.fakes import ColourCaptioner, dummy_backends
 from tests.helpers import make_config, stand_in_stage
@@ -133,34 +133,6 @@ def run_stage(tmp_path, image_folder, mixer):
         return read_model(folder / "artifact.json", Concepts), counts
 
     return run
-
-
-@pytest.mark.parametrize(
-    ("answer", "label"),
-    [
-        ("Label: Striped textures.", "striped textures"),
-        ('  "Dog faces"  ', "dog faces"),
-        ("**Concept label:** Red-themed scenes.\nAll of them are red.", "red-themed scenes"),
-        ("SUNSET   Skies", "sunset skies"),
-    ],
-)
-def test_answers_are_normalised(answer, label):
-    assert parse_answer(answer, max_words=5) == (label, None)
-
-
-@pytest.mark.parametrize(
-    ("answer", "reason"),
-    [
-        ("stripes, dots", "contains a comma"),
-        ("one two three four five six seven", "has 7 words, more than 5"),
-        ("Label: ''", "is empty"),
-        ('"Zebra fur."', "repeats a single description"),
-    ],
-)
-def test_invalid_answers_give_a_reason(answer, reason):
-    label, why = parse_answer(answer, max_words=5, copies=frozenset({"zebra fur"}))
-    assert label is None
-    assert reason in why
 
 
 def test_concepts_per_neuron_with_one_chat_call_per_round(run_stage):
@@ -357,16 +329,6 @@ def test_editing_a_prompt_changes_the_summarize_key_but_not_the_caption_key(tmp_
         assert keys()[0] == caption_key
         assert keys()[1] != summarize_key
         summarize_key = keys()[1]
-
-
-def test_malformed_prompts_are_clear_errors():
-    text = (PROMPTS / "summarize_concepts.md").read_text()
-    with pytest.raises(DnDError, match=r"last '## user' turn must contain the placeholder \{captions\}"):
-        ChatTemplate.parse("summarize_concepts.md", text.replace("{captions}", "(none)"), subject="captions")
-    with pytest.raises(DnDError, match=r"unknown placeholder\(s\) caption; allowed there: captions, max_words"):
-        ChatTemplate.parse("summarize_concepts.md", text.replace("Descriptions:\n1.", "{caption}\n1."), "captions")
-    with pytest.raises(DnDError, match="one '## retry' section"):
-        ChatTemplate.parse("summarize_concepts.md", text.replace("## retry", "## user"), subject="captions")
 
 
 def test_transport_errors_fail_only_their_neuron_and_are_asked_again_later(run_stage):

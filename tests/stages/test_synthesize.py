@@ -22,7 +22,6 @@ from dnd.image_store import ImageStore, image_seed, image_store
 from dnd.pipeline import Pipeline
 from dnd.stages import record, synthesize
 from dnd.stages.base import StageSpec
-from dnd.stages.synthesize import parse_template
 from dnd.store import content_key, read_model
 from tests.fakes import PaintingGenerator, dummy_backends, hashed_colour
 from tests.helpers import make_config, stand_in_stage, stored_images
@@ -227,16 +226,14 @@ def test_editing_the_prompt_changes_the_synthesize_key_but_not_the_summarize_key
     assert keys()[1] != synthesize_after
 
 
-def test_the_prompt_template_is_read_from_its_file():
-    assert parse_template((PROMPTS / "synthesize.md").read_text()) == "One realistic image of {concept}"
-    with pytest.raises(DnDError, match=r"placeholder \{concept\} and no other \(found: none\)"):
-        parse_template("note\n## prompt\nOne realistic image\n")
-    with pytest.raises(DnDError, match=r"found: \{concept\}, \{style\}"):
-        parse_template("## prompt\n{style} image of {concept}\n")
-    with pytest.raises(DnDError, match="expected one '## prompt' line"):
-        parse_template("One realistic image of {concept}\n")
-    with pytest.raises(DnDError, match="write a literal brace"):
-        parse_template("## prompt\nOne {realistic image of {concept}\n")
+def test_a_malformed_prompt_file_stops_the_stage_naming_it(tmp_path, image_folder, mixer):
+    prompts = tmp_path / "prompts"
+    shutil.copytree(PROMPTS, prompts)
+    (prompts / "synthesize.md").write_text("note\n## prompt\nOne realistic image\n")
+    config = make_config(tmp_path, image_folder)
+    pipeline = Pipeline(config, Backends(config, target=mixer), prompts_dir=prompts, stages=STAGES)
+    with pytest.raises(DnDError, match=r"prompt synthesize.md, '## prompt' section must contain the placeholder"):
+        pipeline.run_until("synthesize", [LAYER])
 
 
 def test_generates_with_a_tiny_real_stable_diffusion(tmp_path, image_folder, mixer):
