@@ -18,6 +18,8 @@ def test_every_prompt_file_reads_with_its_grammar():
     for name, subject in chats.items():
         template = ChatTemplate.parse(name, read_prompt(PROMPTS, name), subject, ("max_words",))
         assert [role for role, _ in template.turns][:: len(template.turns) - 1] == ["system", "user"]
+    vision = ChatTemplate.parse("caption_vision.md", read_prompt(PROMPTS, "caption_vision.md"), "count", ("count",))
+    assert [role for role, _ in vision.turns] == ["system", "user"]
     assert single_prompt("synthesize.md", read_prompt(PROMPTS, "synthesize.md"), "concept") == (
         "One realistic image of {concept}"
     )
@@ -25,7 +27,7 @@ def test_every_prompt_file_reads_with_its_grammar():
         "realistic photo of a close up of {description}"  # CoSy's published prompt
     )
     assert sorted(path.name for path in PROMPTS.glob("*.md")) == sorted(
-        [*chats, "synthesize.md", "cosy.md"]
+        [*chats, "caption_vision.md", "synthesize.md", "cosy.md"]
     )
 
 

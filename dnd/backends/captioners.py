@@ -8,6 +8,7 @@ the retrieval generator alike, so an image is captioned once per captioner.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import io
@@ -17,18 +18,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
+from dnd.asking import Checked, Conversation, ask_until_usable
 from dnd.backends.loading import load_model
 from dnd.backends.openai_client import OpenAIClient, server_label
 from dnd.batching import BatchFunction, CachedValues, cached_map
 from dnd.errors import DnDError
 from dnd.halving import fitting, joined_lists
+from dnd.prompts import ChatTemplate, read_prompt
 from dnd.store import content_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from pathlib import Path
 
     import torch
 
+    from dnd.backends.chat import ChatReply
     from dnd.backends.classifier import ImageClassifier
     from dnd.config import CaptionConfig, ClassifierConfig
     from dnd.distributed import Ranks
@@ -152,77 +157,90 @@ def _generation_settings(config: CaptionConfig) -> dict[str, int]:
 class OpenAIVisionCaptioner:
     """A vision-capable chat model on an OpenAI-compatible server: one request per batch, carrying every image.
 
-    The model answers with a JSON list of captions, one per image in order. An answer that is not such a list is
-    asked again once, with the reason; a batch that still has no usable answer (or whose request failed after its
-    retries) raises :class:`DnDError`, and the captions of earlier batches stay cached.
+    The prompt is :data:`PROMPT_FILE`'s chat template (:func:`vision_prompt`), the images following the text of its
+    last user turn. The model answers with a JSON list of captions, one per image in order. An answer that is not
+    such a list is asked again once, with the reason; a batch that still has no usable answer (or whose request
+    failed after its retries) raises :class:`DnDError`, and the captions of earlier batches stay cached.
     """
 
-    SYSTEM = (
-        "You caption images the way an image-captioning model does: for each image, one plain phrase of a few "
-        "words naming what it shows (objects, parts of them, materials, textures, patterns, colours or scenes). "
-        "Describe only what is visible."
-    )
-    REQUEST = (
-        "Here are {count} images. Reply with only a JSON list of exactly {count} strings: the caption of each image, "
-        "in the order the images are given."
-    )
-    RETRY = "That answer cannot be used: {reason}. Reply with only a JSON list of exactly {count} strings, in order."
+    #: The prompt file, in ``prompts_dir``.
+    PROMPT_FILE = "caption_vision.md"
     #: The first ask and one re-ask with the reason.
     ASKS = 2
     #: Tokens of JSON around each caption (quotes, comma, space), on top of ``max_new_tokens`` for its words.
     JSON_TOKENS_PER_CAPTION = 4
 
-    def __init__(self, config: CaptionConfig, device: torch.device | str = "cpu"):
-        self.name = self.name_for(config)
+    def __init__(self, config: CaptionConfig, prompt: ChatTemplate):
+        self.name = self.name_for(config, prompt)
         self.max_new_tokens = config.max_new_tokens
-        self._client = OpenAIClient(config.openai)  # the server does the work: ``device`` is not used
+        self.prompt = prompt
+        self._client = OpenAIClient(config.openai)  # the server does the work: no device is used
 
-    @classmethod
-    def name_for(cls, config: CaptionConfig) -> str:
-        """``openai-vision:<model>[@host]:max_new_tokens=N,prompt=<hash of the prompt texts>``."""
-        prompts = hashlib.sha256("\n".join([cls.SYSTEM, cls.REQUEST, cls.RETRY]).encode()).hexdigest()[:8]
-        return f"openai-vision:{server_label(config.openai)}:max_new_tokens={config.max_new_tokens},prompt={prompts}"
+    @staticmethod
+    def name_for(config: CaptionConfig, prompt: ChatTemplate) -> str:
+        """``openai-vision:<model>[@host]:max_new_tokens=N,prompt=<hash of the prompt's templates>``."""
+        digest = hashlib.sha256(prompt.text.encode()).hexdigest()[:8]
+        return f"openai-vision:{server_label(config.openai)}:max_new_tokens={config.max_new_tokens},prompt={digest}"
 
     def caption(self, images: list[Image.Image]) -> list[str]:
         """Caption ``images`` (any size; sent as PNG) with one request: one stripped caption per image, in order."""
         if not images:
             return []
         count = len(images)
-        content: list[dict[str, Any]] = [{"type": "text", "text": self.REQUEST.format(count=count)}]
+        *earlier, (role, question) = self.prompt.messages(count=count)
+        content: list[dict[str, Any]] = [{"type": "text", "text": question}]
         for number, image in enumerate(images, start=1):
             content += [
                 {"type": "text", "text": f"Image {number}:"},
                 {"type": "image_url", "image_url": {"url": _png_data_url(image)}},
             ]
-        messages = [{"role": "system", "content": self.SYSTEM}, {"role": "user", "content": content}]
-        for _ in range(self.ASKS):
-            reply = self._client.complete(
-                {
-                    "messages": messages,
-                    "temperature": 0.0,  # as deterministic as the server allows, like BLIP's greedy decoding
-                    "max_tokens": (self.max_new_tokens + self.JSON_TOKENS_PER_CAPTION) * count,
-                }
-            )
-            if reply.error is not None:
-                raise DnDError(f"{self.name} could not caption a batch of {count} images: {reply.error}")
-            try:
-                return _caption_list(reply.text or "", count)
-            except ValueError as exc:
-                reason = str(exc)
-            messages += [
-                {"role": "assistant", "content": reply.text or ""},
-                {"role": "user", "content": self.RETRY.format(reason=reason, count=count)},
-            ]
-        raise DnDError(
-            f"{self.name} gave no usable captions for a batch of {count} images, even when asked again ({reason}). "
-            f"Captions made so far are cached: run again, or lower caption.batch_size."
+        [answer] = ask_until_usable(
+            [(*earlier, (role, content))],
+            lambda _, conversations: [("", self._complete(conversations[0], count))],
+            lambda _, text: _checked_caption_list(text, count),
+            lambda reason: self.prompt.reask(reason=reason, count=count),
+            self.ASKS,
         )
+        if answer.error is not None:
+            raise DnDError(f"{self.name} could not caption a batch of {count} images: {answer.error}")
+        if answer.value is None:
+            raise DnDError(
+                f"{self.name} gave no usable captions for a batch of {count} images, even when asked again "
+                f"({answer.reason}). Captions made so far are cached: run again, or lower caption.batch_size."
+            )
+        return answer.value
+
+    def _complete(self, conversation: Conversation, count: int) -> ChatReply:
+        """One request of ``conversation``; an answer without text counts as an empty (unusable) one."""
+        reply = self._client.complete(
+            {
+                "messages": [{"role": role, "content": content} for role, content in conversation],
+                "temperature": 0.0,  # as deterministic as the server allows, like BLIP's greedy decoding
+                "max_tokens": (self.max_new_tokens + self.JSON_TOKENS_PER_CAPTION) * count,
+            }
+        )
+        return reply if reply.error is not None else dataclasses.replace(reply, text=reply.text or "")
+
+
+def vision_prompt(prompts_dir: Path) -> ChatTemplate:
+    """The vision captioner's chat template, read from ``prompts_dir``: turns with ``{count}``, a retry turn with
+    ``{reason}`` and ``{count}``."""
+    name = OpenAIVisionCaptioner.PROMPT_FILE
+    return ChatTemplate.parse(name, read_prompt(prompts_dir, name), "count", ("count",))
 
 
 def _png_data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _checked_caption_list(answer: str, count: int) -> Checked:
+    """:func:`_caption_list` as a check of :func:`~dnd.asking.ask_until_usable`."""
+    try:
+        return _caption_list(answer, count), None
+    except ValueError as exc:
+        return None, ("caption_list", str(exc))
 
 
 def _caption_list(answer: str, count: int) -> list[str]:
@@ -286,26 +304,29 @@ class ClassifierCaptioner:
         return names
 
 
-def captioner_name(config: CaptionConfig) -> str:
-    """The ``name`` of the captioner ``config`` selects, computed without loading it (for cache look-ups)."""
-    return _captioner_type(config).name_for(config)
+def captioner_name(config: CaptionConfig, *, prompts_dir: Path) -> str:
+    """The ``name`` of the captioner ``config`` selects, computed without loading it (for cache look-ups); the
+    vision captioner's depends on its prompt in ``prompts_dir``."""
+    if config.backend == "openai":
+        return OpenAIVisionCaptioner.name_for(config, vision_prompt(prompts_dir))
+    return {"blip": BlipCaptioner, "classifier": ClassifierCaptioner}[config.backend].name_for(config)
 
 
 def build_captioner(
     config: CaptionConfig,
     device: torch.device | str,
     classifier: Callable[[ClassifierConfig], ImageClassifier] | None = None,
+    *,
+    prompts_dir: Path,
 ) -> Captioner:
     """Load the captioner ``config.backend`` selects on ``device``; ``classifier(config)`` gives the loaded
-    classifier of backend classifier (so one classifier can serve several roles), else it is loaded here."""
+    classifier of backend classifier (so one classifier can serve several roles), else it is loaded here; the
+    vision captioner reads its prompt from ``prompts_dir``."""
     if config.backend == "classifier":
         from dnd.backends.classifier import ImageClassifier
 
         network = classifier(config.classifier) if classifier else ImageClassifier(config.classifier, device)
         return ClassifierCaptioner(config, network)
-    return _captioner_type(config)(config, device)
-
-
-def _captioner_type(config: CaptionConfig) -> type[BlipCaptioner | OpenAIVisionCaptioner | ClassifierCaptioner]:
-    """The class of ``caption.backend`` (the config allows no other value)."""
-    return {"blip": BlipCaptioner, "openai": OpenAIVisionCaptioner, "classifier": ClassifierCaptioner}[config.backend]
+    if config.backend == "openai":
+        return OpenAIVisionCaptioner(config, vision_prompt(prompts_dir))
+    return BlipCaptioner(config, device)

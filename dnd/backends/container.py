@@ -117,7 +117,10 @@ class Backends:
 
         given = self._given_captioner
         return given or build_captioner(
-            self.config.caption, self.device, lambda config: self.classifier(config, "caption.classifier")
+            self.config.caption,
+            self.device,
+            lambda config: self.classifier(config, "caption.classifier"),
+            prompts_dir=self.config.prompts_dir,
         )
 
     def captioner_identity(self) -> str:
@@ -125,7 +128,11 @@ class Backends:
         from dnd.backends.captioners import captioner_name
 
         given = self._given_captioner
-        return given.name if given is not None else captioner_name(self.config.caption)
+        return (
+            given.name
+            if given is not None
+            else captioner_name(self.config.caption, prompts_dir=self.config.prompts_dir)
+        )
 
     # --- stage 4: concepts --------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from dnd.config import CaptionConfig
 from dnd.errors import DnDError
 from tests.tiny_models import BLIP_VOCAB, tiny_blip, tiny_blip2
 
+PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
+
 
 @pytest.fixture(scope="module")
 def blip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -57,17 +59,19 @@ def test_blip2_is_chosen_by_the_model_type(tmp_path):
 
 def test_name_holds_every_setting_that_changes_the_text(blip_folder):
     config = CaptionConfig(model=str(blip_folder))
-    captioner = build_captioner(config, "cpu")
+    captioner = build_captioner(config, "cpu", prompts_dir=PROMPTS)
     assert isinstance(captioner, BlipCaptioner)
     assert (
-        captioner.name == captioner_name(config) == f"blip:{blip_folder}:max_new_tokens=32,min_new_tokens=5,num_beams=1"
+        captioner.name
+        == captioner_name(config, prompts_dir=PROMPTS)
+        == f"blip:{blip_folder}:max_new_tokens=32,min_new_tokens=5,num_beams=1"
     )
     names = {
-        captioner_name(config.model_copy(update=change))
+        captioner_name(config.model_copy(update=change), prompts_dir=PROMPTS)
         for change in [{}, {"max_new_tokens": 8}, {"min_new_tokens": 1}, {"num_beams": 3}, {"model": "other"}]
     }
     assert len(names) == 5
-    assert captioner_name(config.model_copy(update={"batch_size": 2})) == captioner.name
+    assert captioner_name(config.model_copy(update={"batch_size": 2}), prompts_dir=PROMPTS) == captioner.name
 
 
 def test_a_folder_holding_another_model_type_is_rejected(tmp_path):
@@ -84,4 +88,4 @@ def test_openai_backend_needs_its_key(monkeypatch):
     monkeypatch.delenv("DND_TEST_MISSING_KEY", raising=False)
     config = CaptionConfig(backend="openai", openai={"api_key_env": "DND_TEST_MISSING_KEY"})
     with pytest.raises(DnDError, match="DND_TEST_MISSING_KEY"):
-        build_captioner(config, "cpu")
+        build_captioner(config, "cpu", prompts_dir=PROMPTS)

@@ -23,6 +23,7 @@ from dnd.errors import DnDError
 from dnd.exemplars import pixel_hash
 
 CPU = torch.device("cpu")
+PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 #: ImageNet samples (one per class, named <wnid>_<class>.JPEG) that EfficientNet-Lite0 names correctly.
 SAMPLES = ("tench", "black_swan", "Tibetan_terrier", "tiger_beetle", "cliff_dwelling", "water_tower")
 
@@ -89,7 +90,7 @@ def test_captions_take_top_classes_up_to_the_mass(probabilities, mass, max_class
 
 def test_the_name_holds_the_classifier_and_every_setting_that_changes_a_caption():
     config = CaptionConfig(backend="classifier")
-    assert captioner_name(config) == "classifier:efficientnet_lite0:mass=0.5,max_classes=3"
+    assert captioner_name(config, prompts_dir=PROMPTS) == "classifier:efficientnet_lite0:mass=0.5,max_classes=3"
     changes = [
         {},
         {"classifier_mass": 0.8},
@@ -97,11 +98,15 @@ def test_the_name_holds_the_classifier_and_every_setting_that_changes_a_caption(
         {"classifier": ClassifierConfig(name="resnet50")},
         {"classifier": ClassifierConfig(weights=Path("/models/lite0.pth"))},
     ]
-    assert len({captioner_name(config.model_copy(update=change)) for change in changes}) == len(changes)
-    assert captioner_name(config.model_copy(update={"batch_size": 2})) == captioner_name(config)
+    assert len({captioner_name(config.model_copy(update=change), prompts_dir=PROMPTS) for change in changes}) == len(
+        changes
+    )
+    assert captioner_name(config.model_copy(update={"batch_size": 2}), prompts_dir=PROMPTS) == captioner_name(
+        config, prompts_dir=PROMPTS
+    )
     # The cache key is the captioner's name and the pixels' hash.
     red, black = pixel_hash(Image.new("RGB", (3, 3), (255, 0, 0))), pixel_hash(Image.new("RGB", (3, 3)))
-    name = captioner_name(config)
+    name = captioner_name(config, prompts_dir=PROMPTS)
     assert len({caption_key(name, red), caption_key("blip:x", red), caption_key(name, black)}) == 3
 
 
@@ -120,7 +125,7 @@ def test_any_torchvision_classifier_loads_with_its_weights(tmp_path):
     assert probabilities.shape == (2, 1000) and features.shape == (2, 512) == (2, classifier.feature_size)
     torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(2))
     # build_captioner takes a classifier already loaded for another role instead of loading its own.
-    captioner = build_captioner(config, CPU, classifier=lambda _config: classifier)
+    captioner = build_captioner(config, CPU, classifier=lambda _config: classifier, prompts_dir=PROMPTS)
     assert captioner.classifier is classifier
     assert captioner.name == f"classifier:resnet18@{weights}:mass=0.5,max_classes=3"
 

@@ -125,7 +125,9 @@ def test_crops_are_captioned_as_the_pixels_stage_2_ranked(tmp_path, image_folder
 def test_a_cached_run_never_builds_the_captioner(tmp_path, image_folder, mixer, monkeypatch):
     config = make_config(tmp_path, image_folder, "record.top_k=3", "crop.enabled=false")
     fake = CountingCaptioner()
-    fake.name = captioners_module.captioner_name(config.caption)  # stands in for the configured BLIP
+    fake.name = captioners_module.captioner_name(
+        config.caption, prompts_dir=config.prompts_dir
+    )  # stands in for the configured BLIP
     first, _ = caption_stage(Pipeline(config, Backends(config, target=mixer, captioner=fake)))
     assert fake.calls == 1
 
