@@ -385,8 +385,7 @@ class CosyConfig(_Section):
     images_per_label: int = Field(50, ge=1, description="Images generated per distinct label.")
     prompt_file: str = Field(
         "cosy.md",
-        description="The text-to-image prompt's file in prompts_dir (the published prompt: cosy.md); in it, "
-        "{description} stands for the label.",
+        description="The prompt's file in prompts_dir (cosy.md: the published one); {description} is the label.",
     )
     batch_size: int = execution_detail(8, ge=1, description="Images generated together.")
 
