@@ -99,11 +99,8 @@ def agreement(results: Sequence[LayerAgreement]) -> list[Table]:
 
 def disagreements(result: LayerAgreement, count: int) -> Table:
     """The ``count`` neurons of ``result`` whose labels agree least, lowest similarity first."""
-    table = Table(
-        title=f"most disagreeing: {result.layer}, {result.embedder}", title_justify="left", box=box.SIMPLE_HEAD
-    )
-    for column in ("unit", "similarity", *result.sources):
-        table.add_column(column, justify="right" if column in ("unit", "similarity") else "left")
+    title = f"most disagreeing: {result.layer}, {result.embedder}"
+    table = _results(title, (), ("unit", "similarity"), result.sources)
     for neuron in result.most_disagreeing(count):
         table.add_row(str(neuron.unit), f"{neuron.similarity:.3f}", *map(escape, neuron.labels))
     return table
@@ -120,23 +117,19 @@ def final_layer(name: str, truth: str, results: Sequence[FinalLayerResult]) -> T
 
 def cosy_summary(name: str, layer: str, result: CosyResult) -> Table:
     """``dnd evaluate cosy``: AUC and MAD over the evaluated neurons of ``layer``."""
-    table = Table(
-        title=f"{name}: CoSy on {layer}, {result.images_per_label} images per label vs "
-        f"{result.n_control} probing images",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
+    table = _results(
+        f"{name}: CoSy on {layer}, {result.images_per_label} images per label vs {result.n_control} probing images",
+        ["layer"],
+        ("n", "AUC mean", "median", "std", "MAD mean", "median", "std"),
+        no_wrap=True,
     )
-    for column in ("layer", "n", "AUC mean", "median", "std", "MAD mean", "median", "std"):
-        table.add_column(column, justify="left" if column == "layer" else "right", no_wrap=True)
     table.add_row(result.layer, str(len(result.neurons)), *metric_cells(result.auc), *metric_cells(result.mad))
     return table
 
 
 def cosy_lowest(layer: str, result: CosyResult, count: int) -> Table:
     """The ``count`` neurons whose labels drive them least (lowest AUC first)."""
-    table = Table(title=f"lowest AUC: {layer}", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("unit", "AUC", "MAD", "label"):
-        table.add_column(column, justify="left" if column == "label" else "right")
+    table = _results(f"lowest AUC: {layer}", (), ("unit", "AUC", "MAD"), ["label"])
     for neuron in result.lowest(count):
         table.add_row(str(neuron.unit), f"{neuron.auc:.3f}", number(neuron.mad, 2), escape(neuron.label))
     return table
@@ -144,14 +137,13 @@ def cosy_lowest(layer: str, result: CosyResult, count: int) -> Table:
 
 def classifiers(layer: str, images: str, result: ClassifierResult) -> Table:
     """``dnd evaluate classifiers`` in one text space: a row per class of the image set ``images``."""
-    table = Table(
-        title=f"{layer} as classifiers of {images} ({result.embedder}): mean AUROC {result.mean_auroc:.4f}",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
+    table = _results(
+        f"{layer} as classifiers of {images} ({result.embedder}): mean AUROC {result.mean_auroc:.4f}",
+        ["class"],
+        ("images", "AUROC", "sim.", "neuron"),
+        ["nearest description"],
+        overflow="fold",
     )
-    for column in ("class", "images", "AUROC", "sim.", "neuron", "nearest description"):
-        justify = "left" if column in ("class", "nearest description") else "right"
-        table.add_column(column, justify=justify, overflow="fold")
     for match in result.classes:
         tied = f" +{len(match.units) - 1}" if len(match.units) > 1 else ""
         table.add_row(
@@ -170,14 +162,13 @@ def classifiers(layer: str, images: str, result: ClassifierResult) -> Table:
 
 def simulation(layer: str, space: str, evaluation: SimulationEvaluation, good_correlation: float) -> Table:
     """``dnd evaluate simulation``: a row per label set (ours, then the baselines) of held-out correlations."""
-    table = Table(
-        title=f"simulation of {layer}: held-out correlation of activations with {escape(space)} predictions "
+    table = _results(
+        f"simulation of {layer}: held-out correlation of activations with {escape(space)} predictions "
         f"({evaluation.n_held_out} held-out images, {evaluation.n_fit} fit)",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
+        ["labels"],
+        ("n", "Pearson", "std", f"> {good_correlation}", "Spearman", "std"),
+        no_wrap=True,
     )
-    for column in ("labels", "n", "Pearson", "std", f"> {good_correlation}", "Spearman", "std"):
-        table.add_column(column, justify="left" if column == "labels" else "right", no_wrap=True)
     for result in evaluation.results:
         pearson, spearman = result.pearson, result.spearman
         table.add_row(
@@ -194,17 +185,28 @@ def simulation(layer: str, space: str, evaluation: SimulationEvaluation, good_co
 
 def ablation(layer: str, space: str, images: str, evaluation: AblationEvaluation) -> Table:
     """``dnd evaluate ablation``: a row per label set (ours, random neurons, the baselines) of accuracy drops."""
-    table = Table(
-        title=f"ablation of {layer}, k={evaluation.k} per class ({space}): accuracy on {images} "
+    table = _results(
+        f"ablation of {layer}, k={evaluation.k} per class ({space}): accuracy on {images} "
         f"{evaluation.accuracy:.4f} before, {evaluation.n_images} images",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
+        ["labels"],
+        ("targeted drop", "untargeted drop", "score"),
+        no_wrap=True,
     )
-    for column in ("labels", "targeted drop", "untargeted drop", "score"):
-        table.add_column(column, justify="left" if column == "labels" else "right", no_wrap=True)
     for result in evaluation.results:
         cells = (result.targeted_drop, result.untargeted_drop, result.score)
         table.add_row(escape(result.source + draws(result.draws)), *(f"{value:.4f}" for value in cells))
+    return table
+
+
+def _results(
+    title: str, left: Iterable[str], right: Iterable[str], after: Iterable[str] = (), **style: object
+) -> Table:
+    """An empty results table under a left-aligned ``title``: the ``left`` columns, the ``right``-justified number
+    columns, then the ``after`` columns (left-aligned text), each with the rich column ``style`` given."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for columns, justify in ((left, "left"), (right, "right"), (after, "left")):
+        for column in columns:
+            table.add_column(column, justify=justify, **style)
     return table
 
 
