@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dnd.backends.chat import ChatReply, ChatRequest
 from dnd.backends.loading import load_model
 from dnd.backends.openai_client import OpenAIClient, server_label
+from dnd.batching import chunks
 from dnd.errors import ModelLoadError
 from dnd.progress import track
 
@@ -103,7 +104,7 @@ class LocalConceptLLM:
         cache = self._cache(opening)
         replies: dict[int, ChatReply] = {}
         order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
-        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        batches = chunks(order, self.batch_size)
         for batch in track(batches, f"{self.name}: {len(requests)} chat requests"):
             answers = self._generate(opening, cache, [prompts[i] for i in batch], [requests[i] for i in batch])
             replies.update(zip(batch, answers, strict=True))
