@@ -43,6 +43,15 @@ SetOption = Annotated[
 ShufflesOption = Annotated[
     int, typer.Option("--shuffles", min=1, help="Seeded draws of the shuffled-labels baseline (the null).")
 ]
+ClassFoldersOption = Annotated[
+    Path,
+    typer.Option(
+        "--images",
+        help="A labelled image set: one folder per class (<class>/<image>), e.g. ../shared/data/cifar10-test; for "
+        "ablation the network's own classes (class k = the k-th folder in sorted order = output k).",
+        show_default=False,
+    ),
+]
 #: An evaluation's results, as its ``write_results`` takes them.
 Results = TypeVar("Results")
 
@@ -166,14 +175,7 @@ def classifiers(
     labels: LabelSourceArgument,
     config: ConfigOption,
     layer: LabelledLayerOption,
-    images: Annotated[
-        Path,
-        typer.Option(
-            "--images",
-            help="A labelled image set: one folder per class (<class>/<image>), e.g. ../shared/data/cifar10-test.",
-            show_default=False,
-        ),
-    ],
+    images: ClassFoldersOption,
     embedder: PaperEmbedderOption = None,
     out_path: Annotated[
         Path | None,
@@ -275,15 +277,7 @@ def ablation(
     labels: LabelSourceArgument,
     config: ConfigOption,
     layer: LabelledLayerOption,
-    images: Annotated[
-        Path,
-        typer.Option(
-            "--images",
-            help="The network's own classes as a labelled image set: one folder per class (<class>/<image>; class k "
-            "= the k-th folder in sorted order = output k), e.g. ../shared/data/cifar10-test.",
-            show_default=False,
-        ),
-    ],
+    images: ClassFoldersOption,
     k: Annotated[int, typer.Option("--k", min=1, help="Neurons zeroed per class.")] = 3,
     random_draws: Annotated[
         int, typer.Option("--random-draws", min=1, help="Seeded draws of the random-neurons baseline.")
