@@ -190,3 +190,13 @@ def dummy_backends(
     """``backends(config, target=target, ...)`` with :func:`dummy_components` in every role: an override replaces a
     double (``clip=ColourClip(texts=...)``), and None leaves its role to the config (built on first use)."""
     return backends(config, target=target, **(dummy_components() | overrides))
+
+
+def forbidding(role: str, reason: str) -> type[Backends]:
+    """A :class:`Backends` whose ``role`` model (a property name: ``concept_llm``, ``generator``) fails the test when
+    it is built, "although ``reason``"; its identity, and so the cache keys, stay what the config says."""
+
+    def refuse(_backends: Backends) -> object:
+        raise AssertionError(f"the {role.replace('_', ' ')} was built although {reason}")
+
+    return type(f"Forbidding_{role}", (Backends,), {role: property(refuse)})

@@ -27,7 +27,7 @@ from dnd.pipeline import Pipeline
 from dnd.stages import record, summarize
 from dnd.stages.base import StageSpec
 from dnd.store import read_model
-from tests.fakes import ColourCaptioner, dummy_backends
+from tests.fakes import ColourCaptioner, dummy_backends, forbidding
 from tests.helpers import make_config, stand_in_stage
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
@@ -93,12 +93,7 @@ class ScriptedLLM:
         return [request for call in self.calls for request in call]
 
 
-class NoLLM(Backends):
-    """Backends whose concept LLM must never be used: give it the LLM of the earlier run, for its name (the keys)."""
-
-    @property
-    def concept_llm(self):
-        raise AssertionError("the concept LLM was built although every reply is cached")
+NoLLM = forbidding("concept_llm", "every reply is cached")
 
 
 def caption_stage(captions: dict[int, list[str] | str]) -> StageSpec:

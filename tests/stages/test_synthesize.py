@@ -23,7 +23,7 @@ from dnd.pipeline import Pipeline
 from dnd.stages import record, synthesize
 from dnd.stages.base import StageSpec
 from dnd.store import content_key, read_model
-from tests.fakes import PaintingGenerator, dummy_backends, hashed_colour
+from tests.fakes import PaintingGenerator, dummy_backends, forbidding, hashed_colour
 from tests.helpers import make_config, stand_in_stage, stored_images
 from tests.tiny_models import TINY_IMAGE_SIZE, tiny_stable_diffusion
 
@@ -37,12 +37,7 @@ CONCEPTS: dict[int, list[str] | str] = {  # a string is the reason the summary f
 Q = 2  # synthesize.images_per_concept in these tests
 
 
-class NoGenerator(Backends):
-    """Backends whose generator must never be built (its name is still known: given, or from the config)."""
-
-    @property
-    def generator(self):
-        raise AssertionError("the generator was built although every image is stored")
+NoGenerator = forbidding("generator", "every image is stored")
 
 
 def summarize_stage(concepts: dict[int, list[str] | str]) -> StageSpec:
