@@ -19,7 +19,7 @@ import os, sys, threading
 from dnd.data import ProbeSet, batch_loader
 
 def load_for_ever(index):
-    print(f"worker {os.getpid()}", flush=True)
+    os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: the two workers' lines never interleave
     threading.Event().wait()
 
 probe = ProbeSet(ids=[str(i) for i in range(8)], load=load_for_ever, fingerprint="stuck")
