@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from tests.tiny_models import character_clip_tokenizer, clip_text_ids
+
 SCALES = ("real", "smoke")
 
 #: BLIP base captioning (Salesforce/blip-image-captioning-base): ViT-B/16 at 384 px and a 12-layer BERT decoder.
@@ -219,10 +221,10 @@ def build_clip(folder: Path, scale: str, device: torch.device) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     spec = CLIP_VIT_B16[scale]
-    tokenizer = clip_tokenizer(folder, VOCAB[scale])
+    tokenizer = character_clip_tokenizer(folder, VOCAB[scale])
     vision = {**spec["vision"], "image_size": spec["image_size"], "patch_size": spec["patch_size"]}
     config = CLIPConfig(
-        text_config={**spec["text"], **_text_ids(tokenizer)},
+        text_config={**spec["text"], **clip_text_ids(tokenizer)},
         vision_config=vision,
         projection_dim=spec["projection_dim"],
     )
@@ -240,12 +242,12 @@ def build_stable_diffusion(folder: Path, model: str, scale: str, device: torch.d
     from transformers import CLIPTextConfig, CLIPTextModel
 
     spec = STABLE_DIFFUSION[model][scale]
-    tokenizer = clip_tokenizer(folder / "tokenizer", VOCAB[scale])
+    tokenizer = character_clip_tokenizer(folder / "tokenizer", VOCAB[scale])
     scheduler_class = spec["scheduler"]
     with _random_init(device):
         unet = diffusers.UNet2DConditionModel(**spec["unet"])
         vae = diffusers.AutoencoderKL(**spec["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**spec["text"], **_text_ids(tokenizer)))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**spec["text"], **clip_text_ids(tokenizer)))
     pipeline = diffusers.StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -273,34 +275,6 @@ def parameters(folder: Path) -> int:
                     count *= dimension
                 total += count
     return total
-
-
-def clip_tokenizer(folder: Path, vocab_size: int) -> Any:
-    """A ``CLIPTokenizer`` of ``vocab_size`` tokens: single characters (alone and ending a word), placeholder tokens,
-    and the start and end tokens last, as in CLIP's own vocabulary; no merges, so every character is a token (the
-    text towers read a padded 77 tokens whatever the prompt). Its files go to ``folder``."""
-    import string
-
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    characters = list(string.ascii_lowercase + string.digits + "-'/&")
-    tokens = [*characters, *(f"{c}</w>" for c in characters)]
-    tokens += [f"t{index}</w>" for index in range(len(tokens), vocab_size - 2)] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-
-
-def _text_ids(tokenizer: Any) -> dict[str, int]:
-    """A CLIP text tower's vocabulary size, context length and special tokens, matching ``tokenizer``."""
-    return {
-        "vocab_size": len(tokenizer),
-        "max_position_embeddings": tokenizer.model_max_length,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
 
 
 @contextlib.contextmanager

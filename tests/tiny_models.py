@@ -99,10 +99,10 @@ def tiny_clip(folder: Path, seed: int = 0) -> Path:
     ``folder``. The tokenizer knows single characters (plus ``</w>`` word ends) and no merges."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    tokenizer = _character_clip_tokenizer(folder)
+    tokenizer = character_clip_tokenizer(folder)
     tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
     config = CLIPConfig(
-        text_config={**tower, **_clip_text_ids(tokenizer)},
+        text_config={**tower, **clip_text_ids(tokenizer)},
         vision_config={**tower, "image_size": TINY_IMAGE_SIZE, "patch_size": 8},
         projection_dim=8,
     )
@@ -122,7 +122,7 @@ def tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = _character_clip_tokenizer(folder / "tokenizer")
+    tokenizer = character_clip_tokenizer(folder / "tokenizer")
     text_width = 16
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -149,7 +149,7 @@ def tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
                 intermediate_size=32,
                 num_hidden_layers=1,
                 num_attention_heads=2,
-                **_clip_text_ids(tokenizer),
+                **clip_text_ids(tokenizer),
             )
         )
     pipeline = StableDiffusionPipeline(
@@ -166,22 +166,26 @@ def tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def _character_clip_tokenizer(folder: Path):
-    """A ``CLIPTokenizer`` over single characters (plus ``</w>`` word ends) with no merges; its files go to
-    ``folder``."""
+def character_clip_tokenizer(folder: Path, vocab_size: int | None = None):
+    """A ``CLIPTokenizer`` over single characters (alone and ending a word), no merges, so every character is a token;
+    with ``vocab_size``, placeholder tokens fill the vocabulary to that size (a real model's embedding table). The
+    start and end tokens come last, as in CLIP's own vocabulary. Its files go to ``folder``."""
     import string
 
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     characters = list(string.ascii_lowercase + string.digits + "-'/&")
-    tokens = [*characters, *(f"{c}</w>" for c in characters), "<|startoftext|>", "<|endoftext|>"]
+    tokens = [*characters, *(f"{c}</w>" for c in characters)]
+    if vocab_size is not None:
+        tokens += [f"t{index}</w>" for index in range(len(tokens), vocab_size - 2)]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
-def _clip_text_ids(tokenizer) -> dict[str, int]:
+def clip_text_ids(tokenizer) -> dict[str, int]:
     """The vocabulary size, context length and special token ids a CLIP text tower needs to match ``tokenizer``."""
     return {
         "vocab_size": len(tokenizer),
