@@ -31,6 +31,7 @@ from dnd.compare.readers import read_run_labels
 from dnd.config import EmbedConfig, load_config
 from dnd.evaluate.ablation import evaluate_ablation
 from dnd.evaluate.baselines import quality_sources, run_captions
+from dnd.evaluate.metrics import PairedDifference
 from dnd.evaluate.simulation import evaluate_simulation
 from dnd.image_embeddings import CAPTION_SPACE, image_text_space
 from dnd.pipeline import Pipeline
@@ -103,6 +104,7 @@ def quality(config: Any, layer: str, ablate: bool) -> dict[str, Any]:
                 "pearson_std": round(r.pearson.std, 3),
                 "share_above_0.1": round(r.pearson.share_above, 3),
                 "spearman": round(r.spearman.mean, 4),
+                **_versus_ours(r.first_minus_this),
             }
             for r in simulation.results
         },
@@ -116,18 +118,31 @@ def quality(config: Any, layer: str, ablate: bool) -> dict[str, Any]:
                 "targeted_drop": round(r.targeted_drop, 4),
                 "untargeted_drop": round(r.untargeted_drop, 4),
                 "score": round(r.score, 4),
+                **_versus_ours(r.first_minus_this),
             }
             for r in ablation.results
         }
     return result
 
 
+def _versus_ours(difference: PairedDifference | None) -> dict[str, Any]:
+    """Ours minus this label set, per neuron or class, with its 95 % bootstrap interval (nothing for ours)."""
+    if difference is None:
+        return {}
+    interval = [round(difference.low, 4), round(difference.high, 4)]
+    return {"ours_minus_this": round(difference.mean, 4), "ours_minus_this_95": interval}
+
+
 def table(results: dict[str, Any]) -> list[str]:
     """The hidden-layer quality table ``make bench`` prints: per network and label set, mean held-out Pearson (share
-    of neurons above 0.1) and, where measured, the ablation score (targeted − untargeted accuracy drop)."""
+    of neurons above 0.1) and, where measured, the ablation score (targeted − untargeted accuracy drop); beside each,
+    ours minus it with the 95 % bootstrap interval over neurons (classes for ablation)."""
     if "skipped" in results:
         return [f"quality: skipped ({results['skipped']})"]
-    lines = [f"{'network':<34}{'labels':<24}{'simulation r':>13}{'> 0.1':>7}{'ablation':>10}"]
+    lines = [
+        f"{'network':<34}{'labels':<24}{'simulation r':>13}{'> 0.1':>7}{'ours − this [95 %]':>28}"
+        f"{'ablation':>10}{'ours − this [95 %]':>28}"
+    ]
     for network in [*NETWORKS, SAE_NETWORK]:
         if network not in results:
             continue
@@ -137,9 +152,18 @@ def table(results: dict[str, Any]) -> list[str]:
             simulation = result["simulation"].get(name)
             ablation = result.get("ablation", {}).get(name)
             cells = f"{simulation['pearson']:>13.4f}{simulation['share_above_0.1']:>7.0%}" if simulation else " " * 20
+            cells += _versus_cell(simulation)
             cells += f"{ablation['score']:>10.4f}" if ablation else f"{'':>10}"
-            lines.append(f"{network:<34}{name:<24}{cells}")
+            cells += _versus_cell(ablation)
+            lines.append(f"{network:<34}{name:<24}{cells}".rstrip())
     return lines
+
+
+def _versus_cell(numbers: dict[str, Any] | None) -> str:
+    if not numbers or "ours_minus_this" not in numbers:
+        return " " * 28
+    low, high = numbers["ours_minus_this_95"]
+    return f"{numbers['ours_minus_this']:>+9.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 if __name__ == "__main__":

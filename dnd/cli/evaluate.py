@@ -262,6 +262,7 @@ def simulation(
     sources = quality_sources(label_set, layer, captions, pipeline.config.seed, shuffles)
     evaluation = evaluate_simulation(pipeline, sources, layer, space)
     wrapped_out.print(tables.simulation(layer, space.name, evaluation, GOOD_CORRELATION))
+    wrapped_out.print(tables.versus_first(evaluation.results, "Pearson", "neuron", "neurons"))
     wrapped_out.print(f"simulator: {escape(evaluation.simulator)}", highlight=False)
     if stand_in is not None:
         wrapped_out.print(
@@ -317,6 +318,7 @@ def ablation(
     space = next(iter(spaces.embedders(embedder, device)))  # the first --embedder: one space chooses the neurons
     evaluation = evaluate_ablation(run_config, sources, layer, images, space, k, random_draws)
     wrapped_out.print(tables.ablation(layer, space.name, images.name, evaluation))
+    wrapped_out.print(tables.versus_first(evaluation.results, "score", "class", "classes"))
     _write(out_path, write_results, evaluation)
 
 

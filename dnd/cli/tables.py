@@ -13,11 +13,11 @@ from rich.table import Table
 if TYPE_CHECKING:
     from dnd.artifacts import NeuronConcepts, NeuronLabels
     from dnd.compare.agreement import LayerAgreement, SimilarityStats
-    from dnd.evaluate.ablation import AblationEvaluation
+    from dnd.evaluate.ablation import AblationEvaluation, AblationResult
     from dnd.evaluate.classifiers import ClassifierResult
     from dnd.evaluate.cosy import CosyResult, MetricStats
     from dnd.evaluate.final_layer import FinalLayerResult
-    from dnd.evaluate.simulation import SimulationEvaluation
+    from dnd.evaluate.simulation import SimulationEvaluation, SimulationResult
 
 #: Bars of the distribution column, lowest to highest count.
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -195,6 +195,27 @@ def ablation(layer: str, space: str, images: str, evaluation: AblationEvaluation
     for result in evaluation.results:
         cells = (result.targeted_drop, result.untargeted_drop, result.score)
         table.add_row(escape(result.source + draws(result.draws)), *(f"{value:.4f}" for value in cells))
+    return table
+
+
+def versus_first(results: Sequence[SimulationResult | AblationResult], score: str, item: str, items: str) -> Table:
+    """The first label set of ``results`` (simulation, ablation) against each later one: its ``score`` minus theirs,
+    ``item`` by ``item`` (``first_minus_this``), with the 95% bootstrap interval."""
+    table = _results(
+        f"{escape(results[0].source)} against the others, {item} by {item}: its {score} minus theirs, with a 95% "
+        f"bootstrap interval (one that excludes 0 is a difference the spread over {items} does not explain)",
+        ["labels"],
+        ("first − this", "95% interval", items),
+        no_wrap=True,
+    )
+    for result in results[1:]:
+        if (difference := result.first_minus_this) is not None:
+            table.add_row(
+                escape(result.source + draws(result.draws)),
+                f"{difference.mean:+.4f}",
+                f"[{difference.low:+.4f}, {difference.high:+.4f}]",
+                str(difference.items),
+            )
     return table
 
 

@@ -13,7 +13,8 @@ network):
    classes; *c*'s score is targeted minus untargeted, and the layer's is the mean over classes.
 
 A label set whose labels find the neurons a class depends on scores above the **random neurons** baseline reported
-beside it: ``k`` neurons drawn at random (among the labelled ones) per class, several seeded draws.
+beside it: ``k`` neurons drawn at random (among the labelled ones) per class, several seeded draws. Every set after
+the first gets the first's score minus its own, class by class, with a seeded 95 % bootstrap interval.
 
 The work is one pass over the set per group of ablations: the layer's output is repeated once per ablation inside
 the hook, so the layers before it run once per image however many ablations there are. Each ablation's predictions
@@ -24,6 +25,7 @@ run twice, whichever label set asked for it.
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -38,6 +40,7 @@ from dnd.config import RunConfig
 from dnd.data import UnreadableImage, batch_loader
 from dnd.errors import DnDError
 from dnd.evaluate.classifiers import check_class_folders, labelled_set_config
+from dnd.evaluate.metrics import PairedDifference, paired_difference, scores_by_item
 from dnd.evaluate.output import write_csv_or_json
 from dnd.pipeline import Pipeline
 from dnd.progress import track
@@ -72,6 +75,9 @@ class AblationResult(BaseModel):
     targeted_drop: float = Field(description="Mean over classes (and draws).")
     untargeted_drop: float
     score: float
+    first_minus_this: PairedDifference | None = Field(
+        None, description="The first label set's score minus this one's, class by class, with a 95 % bootstrap interval"
+    )
     classes: list[ClassAblation]
 
 
@@ -174,12 +180,15 @@ def evaluate_ablation(
             AblationResult(
                 source=name,
                 draws=len(draws),
-                targeted_drop=_mean(row.targeted_drop for row in rows),
-                untargeted_drop=_mean(row.untargeted_drop for row in rows),
-                score=_mean(row.score for row in rows),
+                targeted_drop=fmean(row.targeted_drop for row in rows),
+                untargeted_drop=fmean(row.untargeted_drop for row in rows),
+                score=fmean(row.score for row in rows),
                 classes=rows,
             )
         )
+    by_class = [scores_by_item([(row.class_name, row.score) for row in result.classes]) for result in results]
+    for result, scores in zip(results[1:], by_class[1:], strict=True):
+        result.first_minus_this = paired_difference(by_class[0], scores, config.seed)
     return AblationEvaluation(
         layer=layer,
         embedder=embedder.name,
@@ -305,9 +314,8 @@ def _ablated_logits(
 
 
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
-    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    channels_last = tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _class_accuracy(hits: torch.Tensor, classes: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -315,11 +323,6 @@ def _class_accuracy(hits: torch.Tensor, classes: torch.Tensor, n_classes: int) -
     totals = torch.bincount(classes, minlength=n_classes).double()
     correct = torch.bincount(classes, weights=hits.double(), minlength=n_classes)
     return correct / totals.clamp(min=1)
-
-
-def _mean(values: Any) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def write_results(evaluation: AblationEvaluation, path: Path) -> None:

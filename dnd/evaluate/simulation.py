@@ -15,7 +15,9 @@ to vision neurons):
    predictions, are constant on the held-out half has no defined correlation and scores 0.
 
 Per label set the layer gets the mean, the spread (population std) and the share of neurons above
-:data:`GOOD_CORRELATION`. Image embeddings are cached per model and probing set
+:data:`GOOD_CORRELATION`; every set after the first also gets the first set's Pearson minus its own, paired by
+neuron, with a seeded 95 % bootstrap interval (:func:`~dnd.evaluate.metrics.paired_difference`): whether a label set
+beats a baseline by more than the neurons' spread explains. Image embeddings are cached per model and probing set
 (:func:`~dnd.image_embeddings.probe_image_embeddings`), so a second label set costs only its text embeddings.
 """
 
@@ -31,6 +33,7 @@ from dnd.activations import load_activations
 from dnd.backends.embedders import ImageTextEmbedder
 from dnd.compare.readers import LabelSet
 from dnd.errors import DnDError
+from dnd.evaluate.metrics import PairedDifference, paired_difference, scores_by_item
 from dnd.evaluate.output import write_csv_or_json
 from dnd.image_embeddings import probe_image_embeddings
 from dnd.pipeline import Pipeline
@@ -107,6 +110,11 @@ class SimulationResult(BaseModel):
     draws: int
     pearson: Summary
     spearman: Summary
+    first_minus_this: PairedDifference | None = Field(
+        None,
+        description="The first label set's Pearson minus this one's, neuron by neuron, with a 95 % bootstrap "
+        "interval (None for the first set itself).",
+    )
     neurons: list[NeuronSimulation]
 
 
@@ -169,6 +177,9 @@ def evaluate_simulation(
                 neurons=neurons,
             )
         )
+    by_unit = [scores_by_item([(neuron.unit, neuron.pearson) for neuron in result.neurons]) for result in results]
+    for result, scores in zip(results[1:], by_unit[1:], strict=True):
+        result.first_minus_this = paired_difference(by_unit[0], scores, config.seed)
     return SimulationEvaluation(
         layer=layer,
         simulator=simulator.model,

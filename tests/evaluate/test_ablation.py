@@ -4,6 +4,7 @@ and random neurons do worse; ablations are cached; bad input is explained."""
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -94,6 +95,11 @@ def test_ablating_the_neurons_a_label_names_drops_its_class_only(setup):
     assert [row.score for row in results["wrong"].classes] == [-0.5, -0.5, 1.0]
     assert results["right"].score > results["wrong"].score > results[RANDOM].score - 1
     assert results["right"].score > results[RANDOM].score + 0.5
+    # The first set's lead, class by class: 1.5, 1.5 and 0 over the swapped labels.
+    assert results["right"].first_minus_this is None
+    assert results["wrong"].first_minus_this.items == 3
+    assert results["wrong"].first_minus_this.mean == pytest.approx(1.0)
+    assert 0 <= results["wrong"].first_minus_this.low <= 1.0 <= results["wrong"].first_minus_this.high <= 1.5
 
     # Every distinct ablation is cached: asking again runs no forward pass.
     calls = module.forward_calls
@@ -157,6 +163,8 @@ def test_ablation_command_prints_the_table_with_its_baselines(setup, tmp_path, m
     words = " ".join(result.output.split())
     assert "ablation of features, k=1 per class (table): accuracy on set 1.0000 before, 12 images" in words
     assert "colours_features.csv 1.0000 0.0000 1.0000" in words
+    assert "colours_features.csv against the others, class by class: its score minus theirs" in words
+    assert re.search(r"random neurons ×5 [+-][0-9.]+ \[[+-][0-9.]+, [+-][0-9.]+\] 3", words)
     assert "shuffled ×5" in words and "constant 'images'" in words and "random neurons ×5" in words
     with (tmp_path / "ablation.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -81,6 +81,13 @@ def test_a_colour_neuron_labelled_with_its_colour_is_simulated_and_the_baselines
     # Shuffled over 30 draws: near zero. The constant label predicts the same for every image: exactly zero.
     assert results[SHUFFLED].draws == 30 and abs(results[SHUFFLED].pearson.mean) < 0.1
     assert results[CONSTANT].pearson.mean == 0 and results[CONSTANT].pearson.share_above == 0
+    # Against each later set, the first's lead per neuron with its interval: clear of 0 for the wrong colours.
+    assert results["labels.csv"].first_minus_this is None
+    versus_wrong = results["wrong.csv"].first_minus_this
+    assert versus_wrong.items == 3 and versus_wrong.low > 0.3
+    assert versus_wrong.mean == pytest.approx(results["labels.csv"].pearson.mean - results["wrong.csv"].pearson.mean)
+    versus_shuffled = results[SHUFFLED].first_minus_this  # 30 draws: each neuron's mean over them
+    assert versus_shuffled.mean == pytest.approx(results["labels.csv"].pearson.mean - results[SHUFFLED].pearson.mean)
     # Per neuron, the held-out Pearson is numpy's over the held-out rows.
     activations = pipeline.context.probe
     held = split_rows(activations.ids, 0)[1]
@@ -158,6 +165,8 @@ def test_simulation_command_prints_labels_and_baselines(tmp_path, monkeypatch):
     assert "(10 held-out images, 10 fit)" in words
     assert re.search(r"resnet20_layer3.csv 3 -?[0-9.]+", words) and "shuffled ×5 15" in words
     assert "constant 'images' 3 0.0000" in words and "note: the offline stand-in simulated" in words
+    assert "resnet20_layer3.csv against the others, neuron by neuron: its Pearson minus theirs" in words
+    assert re.search(r"shuffled ×5 [+-][0-9.]+ \[[+-][0-9.]+, [+-][0-9.]+\] 3 ", words)
     with (tmp_path / "simulation.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["source"], row["unit"], row["label"]) for row in rows[:3]] == [
