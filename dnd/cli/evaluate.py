@@ -240,7 +240,8 @@ def simulation(
 
     The probing images are split into fit and held-out halves by a seeded hash of their ids (seed: the config's);
     scores are over the held-out half. The baseline of most frequent captions reads the config's caption stage
-    (made first if missing).
+    (made first if missing). A second table gives the labels' Pearson minus each baseline's, neuron by neuron, with
+    a seeded 95% bootstrap interval.
 
     Example: dnd evaluate simulation outputs/offline/blocks.10/score-<key> --config configs/offline.yaml
     --layer blocks.10 --simulator captions --out simulation.csv
@@ -295,7 +296,8 @@ def ablation(
     accuracy on that class (targeted drop) and on the others (untargeted drop); score = targeted − untargeted.
 
     Reported beside the labels: random neurons and the shuffled, constant and most-frequent-caption baselines (the
-    last from the config's caption stage, made first if missing). Each ablation's predictions are cached.
+    last from the config's caption stage, made first if missing), and in a second table the labels' score minus
+    each of theirs, class by class, with a seeded 95% bootstrap interval. Each ablation's predictions are cached.
 
     Example: dnd evaluate ablation outputs/cifar10_resnet20/layer3/score-<key> --config configs/cifar10_resnet20.yaml
     --layer layer3 --images ../shared/data/cifar10-test --k 3 --out ablation.csv
